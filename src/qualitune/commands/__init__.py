@@ -1,0 +1,1 @@
+"""Subcommands of the `qualitune` CLI: each module exposes `register(subparsers)` and sets `func`."""
