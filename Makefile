@@ -24,9 +24,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Stage commands call `python -m qualitune.stages.…`: put the venv first on PATH so they find it.
+RUN := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+
 demo: $(STAMP)
-	$(VENV)/bin/dvc repro
-	$(VENV)/bin/dvc metrics show
+	$(RUN) dvc repro
+	$(RUN) dvc metrics show
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,1 @@
+"""DVC stage entry points: each `python -m qualitune.stages.X` reads its params section and calls the library."""
