@@ -1,0 +1,57 @@
+"""DVC stage: `python -m qualitune.stages.ingest [--params params.yaml]`.
+
+Reads section `ingest` (format, root, out, options, split_ratios, val_from_train, seed) and calls
+`qualitune.ingest.ingest_to_file`, the same function as the CLI, so the pipeline and a hand run
+produce identical manifests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from qualitune.config import DEFAULT_PARAMS, load_params, section
+
+
+def run_stage(params: dict[str, Any]) -> int:
+    from qualitune.ingest import DEFAULT_SPLIT_RATIOS, ingest_to_file, summary_lines
+
+    cfg = section(params, "ingest")
+    missing = [k for k in ("format", "root", "out") if not cfg.get(k)]
+    if missing:
+        raise ValueError(f"params section 'ingest' lacks {missing}; it has {sorted(cfg)}")
+    options = cfg.get("options") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"params ingest.options must be a mapping, got {type(options).__name__}")
+    manifest = ingest_to_file(
+        str(cfg["format"]),
+        cfg["root"],
+        cfg["out"],
+        split_ratios=cfg.get("split_ratios") or DEFAULT_SPLIT_RATIOS,
+        val_from_train=float(cfg.get("val_from_train", 0.1)),
+        seed=int(cfg.get("seed", 42)),
+        **options,
+    )
+    for line in summary_lines(manifest):
+        print(line)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m qualitune.stages.ingest", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run_stage(load_params(args.params))
+    except ValueError as exc:
+        print(f"ingest stage: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
