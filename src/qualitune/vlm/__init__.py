@@ -1,0 +1,9 @@
+"""The VLM scorer foundation: Qwen2-VL / Qwen2.5-VL loading, inputs, answer parsing and scoring.
+
+Modules (import them directly; this package does no work at import):
+- `tokenizer`: `load_qwen_tokenizer` (a checkpoint's own, or the offline Qwen2.5-VL build);
+- `model`: `TINY_NAME`, `tiny_config`, `load_model`;
+- `inputs`: `make_image_processor`, `build_prompt`, `encode_batch`, `model_inputs`;
+- `answers`: `parse_integer`, `parse_level`, `ParseReport`, `LEVELS`;
+- `scoring`: `greedy_scores`, `expected_scores`, `level_scores`, `integer_distribution`, `time_scorers`.
+"""
