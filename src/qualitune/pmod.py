@@ -224,3 +224,15 @@ def describe(frame: pd.DataFrame, descriptors: list[Descriptor], train_mask: np.
 def level_word(mean: float) -> str:
     """The level word nearest a mean on 1–5 (used in text targets)."""
     return LEVEL_WORDS[int(np.clip(np.floor(mean + 0.5), 1, 5)) - 1]
+
+
+# The phrases used for attribute descriptions (two-stage training, VITAL's text task). Each names the
+# fast annotator that measures it; exposure and colourfulness read "bad" at the low end.
+DEFAULT_DESCRIPTORS: list[Descriptor] = [
+    Descriptor("blur", True, ("sharp", "mild blur", "strong blur")),
+    Descriptor("noise", True, ("clean", "mild noise", "strong noise")),
+    Descriptor("blockiness", True, ("no compression artefacts", "mild blocking", "strong blocking")),
+    Descriptor("exposure", False, ("well exposed", "slightly off exposure", "badly exposed")),
+    Descriptor("contrast", False, ("good contrast", "low contrast", "very low contrast")),
+    Descriptor("colourfulness", False, ("vivid colours", "muted colours", "dull colours")),
+]
