@@ -25,7 +25,9 @@ def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (64, 48)) -> 
     return path
 
 
-def write_mp4(path: Path, n_frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 8, seed: int = 0) -> Path:
+def write_mp4(
+    path: Path, n_frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 8, seed: int = 0
+) -> Path:
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)

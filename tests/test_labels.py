@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from qualitune.labels import LabelRange, add_labels, from_integer, to_decimal_text, to_integer, to_level
 
 norms = st.floats(min_value=1.0, max_value=5.0, allow_nan=False)
-ranges = st.sampled_from([LabelRange(10, 50), LabelRange(1, 5), LabelRange(0, 100), LabelRange(0, 9), LabelRange(-3, 17)])
+ranges = st.sampled_from(
+    [LabelRange(10, 50), LabelRange(1, 5), LabelRange(0, 100), LabelRange(0, 9), LabelRange(-3, 17)]
+)
 
 
 def test_paper_examples():

@@ -101,5 +101,31 @@ def test_missing_annotation_rows_or_columns_raise():
 
 def test_describe_words_follow_severity():
     frame = pd.DataFrame({"ann_blur": np.arange(100, dtype=float)})
-    text = describe(frame, [Descriptor("blur", True, ("sharp", "mild blur", "strong blur"))], np.ones(100, bool))
+    text = describe(
+        frame, [Descriptor("blur", True, ("sharp", "mild blur", "strong blur"))], np.ones(100, bool)
+    )
     assert text[0] == "sharp" and text[80] == "mild blur" and text[99] == "strong blur"
+
+
+def test_pmod_cli_round_trip(tmp_path):
+    """`qualitune pmod` on a real manifest file and an annotation CSV with real annotator names."""
+    import json
+
+    from qualitune.cli import main as cli_main
+    from qualitune.manifest import make_manifest, read_manifest, write_manifest
+
+    manifest, ann = _data(60)
+    frame = manifest.assign(name=[f"{i}.png" for i in range(60)], mos=manifest["mos_norm"])
+    m = make_manifest(frame.drop(columns=["mos_norm"]), dataset="t", scale=(1.0, 5.0))
+    write_manifest(m, tmp_path / "m.parquet")
+    ann.rename(columns={"good_up": "sharpness", "good_down": "blur"}).to_csv(tmp_path / "a.csv", index=False)
+    rc = cli_main(
+        ["pmod", str(tmp_path / "m.parquet"), "--annotations", str(tmp_path / "a.csv"), "--out", str(tmp_path / "p.parquet"),
+         "--metrics", str(tmp_path / "metrics.json")]
+    )  # fmt: skip
+    assert rc == 0
+    out = read_manifest(tmp_path / "p.parquet")
+    assert {"pmod_mean", "pmod_std", "pmod_p1", "pmod_p5", "description"} <= set(out.columns)
+    assert out["description"].str.len().gt(0).all()
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["pmod"]["test"]["pmod_mean"]["srcc"] > 0.8

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from media_factory import truncate, write_image, write_mp4
 
+from media_factory import truncate, write_image, write_mp4
 from qualitune.cli import main as cli_main
 from qualitune.manifest import make_manifest, read_manifest, write_manifest
 from qualitune.validate import GateFailed, run_validation, validate_manifest
@@ -80,7 +80,9 @@ def test_identical_content_across_splits_is_quarantined(tmp_path):
 
     Image.open(a).save(b)
     c = write_image(tmp_path / "c.png", seed=4)
-    df = _manifest(tmp_path, [("a", str(a), 0.2, "train"), ("b", str(b), 0.3, "test"), ("c", str(c), 0.4, "test")])
+    df = _manifest(
+        tmp_path, [("a", str(a), 0.2, "train"), ("b", str(b), 0.3, "test"), ("c", str(c), 0.4, "test")]
+    )
     outcome = validate_manifest(df, workers=1, render_html=False)
     assert set(outcome.quarantine["item_id"]) == {"t/a", "t/b"}
     assert all("more than one split" in r for r in outcome.quarantine["reason"])
@@ -106,7 +108,12 @@ def test_gate_fails_and_still_writes_everything(tmp_path, good_rows):
     assert "<html" in (tmp_path / "r.html").read_text().lower()
     # a tolerant threshold lets the same manifest through
     outcome = run_validation(
-        manifest, out=None, quarantine=tmp_path / "q2.csv", report=tmp_path / "r2.json", max_fail_share=0.5, workers=1
+        manifest,
+        out=None,
+        quarantine=tmp_path / "q2.csv",
+        report=tmp_path / "r2.json",
+        max_fail_share=0.5,
+        workers=1,
     )
     assert outcome.report["gate_passed"] is True
 

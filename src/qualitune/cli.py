@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"qualitune.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"qualitune.commands.{name}":
-                continue  # a command not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"qualitune.commands.{name}").register(sub)
     return parser
 
 

@@ -36,7 +36,9 @@ COLUMNS: dict[str, str] = {
 REQUIRED = tuple(COLUMNS)
 
 
-def normalize_mos(mos: np.ndarray | pd.Series, scale: tuple[float, float], higher_is_better: bool = True) -> np.ndarray:
+def normalize_mos(
+    mos: np.ndarray | pd.Series, scale: tuple[float, float], higher_is_better: bool = True
+) -> np.ndarray:
     """Linear map of `mos` from its source scale [lo, hi] onto [1, 5]; flipped when lower is better.
 
     Values outside the source scale are mapped, not clipped: the validation gate must see them.
@@ -69,7 +71,9 @@ def _stable_rank(ids: Iterable[str], seed: int) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def seeded_split(ids: Iterable[str], ratios: Mapping[str, float], seed: int, groups: Iterable[str] | None = None) -> np.ndarray:
+def seeded_split(
+    ids: Iterable[str], ratios: Mapping[str, float], seed: int, groups: Iterable[str] | None = None
+) -> np.ndarray:
     """Assign each id to a split with the given ratios (normalised to sum 1), reproducibly.
 
     With `groups` (e.g. KADID's reference image), all items of a group share a split, so the same

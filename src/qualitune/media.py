@@ -84,7 +84,9 @@ def _uniform_targets(duration: float, n: int) -> list[float]:
     return [duration * (i + 0.5) / n for i in range(n)]
 
 
-def _decode_at(path: Path, targets: Sequence[float]) -> tuple[list[Image.Image], float | None, int, str | None]:
+def _decode_at(
+    path: Path, targets: Sequence[float]
+) -> tuple[list[Image.Image], float | None, int, str | None]:
     """One sequential pass: for each target time keep the first frame at or after it.
 
     Timestamps (pts) rather than frame indices make this correct for variable frame rate.
@@ -106,7 +108,11 @@ def _decode_at(path: Path, targets: Sequence[float]) -> tuple[list[Image.Image],
             try:
                 for frame in container.decode(stream):
                     decoded += 1
-                    t = float(frame.time) if frame.time is not None else (decoded - 1) / float(stream.average_rate or 25)
+                    t = (
+                        float(frame.time)
+                        if frame.time is not None
+                        else (decoded - 1) / float(stream.average_rate or 25)
+                    )
                     last_time = t
                     while want and t + 1e-6 >= want[0]:
                         frames.append(frame.to_image().convert("RGB"))

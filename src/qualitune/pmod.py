@@ -17,9 +17,11 @@ annotator produced a score gets NaN and is reported, never a made-up distributio
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,7 +73,9 @@ def fit_calibration(name: str, scores, mos_norm, higher_is_better: bool, max_kno
     if m is not None:
         from sklearn.isotonic import IsotonicRegression
 
-        iso = IsotonicRegression(increasing=higher_is_better, y_min=NORM_MIN, y_max=NORM_MAX, out_of_bounds="clip")
+        iso = IsotonicRegression(
+            increasing=higher_is_better, y_min=NORM_MIN, y_max=NORM_MAX, out_of_bounds="clip"
+        )
         iso.fit(s, m[ok])
         x, y = np.asarray(iso.X_thresholds_, float), np.asarray(iso.y_thresholds_, float)
         method = "isotonic"
@@ -169,7 +173,9 @@ def _corr(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def correlation_report(frame: pd.DataFrame, directions: dict[str, bool]) -> dict[str, dict[str, dict[str, float]]]:
+def correlation_report(
+    frame: pd.DataFrame, directions: dict[str, bool]
+) -> dict[str, dict[str, dict[str, float]]]:
     """SRCC/PLCC against mos_norm per split: each annotator's native score with its sign made
     "higher = better" (so +0.6 means agreement whatever the annotator's direction), and the PMOD mean."""
     rep: dict[str, dict[str, dict[str, float]]] = {}
@@ -196,7 +202,9 @@ class Descriptor:
     phrases: tuple[str, str, str]  # (good, mild, strong)
 
 
-def describe(frame: pd.DataFrame, descriptors: list[Descriptor], train_mask: np.ndarray, qs=(0.67, 0.9)) -> list[str]:
+def describe(
+    frame: pd.DataFrame, descriptors: list[Descriptor], train_mask: np.ndarray, qs=(0.67, 0.9)
+) -> list[str]:
     """One short sentence per item, e.g. "strong blur, mild noise, well exposed, dull colours".
 
     Severity is relative to the training distribution: beyond the `qs[1]` quantile on the bad side
@@ -236,3 +244,69 @@ DEFAULT_DESCRIPTORS: list[Descriptor] = [
     Descriptor("contrast", False, ("good contrast", "low contrast", "very low contrast")),
     Descriptor("colourfulness", False, ("vivid colours", "muted colours", "dull colours")),
 ]
+
+
+def run_pmod(
+    manifest_path: str | Path,
+    annotations_path: str | Path,
+    annotators: list[str],
+    *,
+    out: str | Path,
+    calibration: str = "isotonic",
+    min_std: float = 0.25,
+    metrics: str | Path | None = None,
+    calibrations: str | Path | None = None,
+    plot_correlations: str | Path | None = None,
+    plot_scatter: str | Path | None = None,
+) -> dict:
+    """Files in, files out: the `pmod` stage and the `qualitune pmod` command both call this.
+
+    Writes the manifest with PMOD columns and descriptions to `out`, and, when given, the metrics
+    (SRCC/PLCC per split), the fitted calibrations and the two plot tables. Returns the report.
+    """
+    from qualitune.annotators import get_annotator
+    from qualitune.manifest import manifest_metadata, read_manifest, write_manifest
+
+    if calibration not in ("isotonic", "rank"):
+        raise ValueError(f"pmod calibration must be 'isotonic' or 'rank', got {calibration!r}")
+    manifest = read_manifest(manifest_path)
+    annotations = pd.read_csv(annotations_path)
+    directions = {n: bool(get_annotator(n).higher_is_better) for n in annotators}
+    res = compute_pmod(manifest, annotations, directions, min_std=min_std, use_mos=calibration == "isotonic")
+    frame = res.frame
+    frame["description"] = describe(frame, DEFAULT_DESCRIPTORS, (frame["split"] == "train").to_numpy())
+    meta = manifest_metadata(manifest_path) | {"pmod": {"calibration": calibration, "annotators": annotators}}
+    write_manifest(frame, out, meta)
+
+    report = correlation_report(frame, directions)
+    if metrics:
+        summary = {
+            s: {k: {m: v[m] for m in ("srcc", "plcc")} for k, v in per.items()} for s, per in report.items()
+        }
+        _write_json(metrics, {"pmod": summary, "n_unscored": res.n_unscored})
+    if calibrations:
+        _write_json(calibrations, {n: c.to_dict() for n, c in res.calibrations.items()})
+    if plot_correlations:
+        rows = [{"split": s, "annotator": k, **v} for s, per in report.items() for k, v in per.items()]
+        _write_csv(plot_correlations, pd.DataFrame(rows))
+    if plot_scatter:
+        scatter = frame[["item_id", "split", "mos_norm", "pmod_mean", "pmod_std"]]
+        _write_csv(plot_scatter, scatter[np.isfinite(scatter["pmod_mean"])])
+    for split, per in report.items():
+        line = ", ".join(f"{k} {v['srcc']:+.3f}" for k, v in per.items())
+        print(f"pmod SRCC vs MOS [{split}]: {line}")
+    if res.n_unscored:
+        print(
+            f"pmod: {res.n_unscored} items had no annotator score; their PMOD is NaN (see the annotations' error column)"
+        )
+    return report
+
+
+def _write_json(path: str | Path, obj: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _write_csv(path: str | Path, df: pd.DataFrame) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=False)

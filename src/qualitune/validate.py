@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qualitune.manifest import MEDIA_KINDS, NORM_MAX, NORM_MIN, REQUIRED, SPLITS, read_manifest, write_manifest
+from qualitune.manifest import (
+    MEDIA_KINDS,
+    NORM_MAX,
+    NORM_MIN,
+    REQUIRED,
+    SPLITS,
+    read_manifest,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,9 @@ def _check_many(args: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [check_file(p, m) for p, m in args]
 
 
-def check_files(paths: list[str], media: list[str], workers: int | None = None) -> tuple[list[str], list[str]]:
+def check_files(
+    paths: list[str], media: list[str], workers: int | None = None
+) -> tuple[list[str], list[str]]:
     """`check_file` over many items, in parallel chunks across all cores."""
     items = list(zip(paths, media, strict=True))
     workers = workers or os.cpu_count() or 1
@@ -102,7 +112,9 @@ def derive_columns(df: pd.DataFrame, *, check_media: bool = True, workers: int |
     out["_first_id"] = ~out["item_id"].duplicated(keep="first")
     out["_first_path"] = ~out["path"].duplicated(keep="first")
     if check_media:
-        errors, hashes = check_files(out["path"].astype(str).tolist(), out["media"].astype(str).tolist(), workers)
+        errors, hashes = check_files(
+            out["path"].astype(str).tolist(), out["media"].astype(str).tolist(), workers
+        )
     else:
         errors, hashes = [""] * len(out), [""] * len(out)
     out["_file_error"] = errors
@@ -131,7 +143,9 @@ def build_checks() -> list[Check]:
     E = gx.expectations
     checks: list[Check] = []
     for col in ("item_id", "path", "media", "mos", "mos_norm", "split", "dataset", "scale_min", "scale_max"):
-        checks.append(Check(E.ExpectColumnValuesToNotBeNull(column=col), lambda r, c=col: f"{c} is missing (NaN/empty)"))
+        checks.append(
+            Check(E.ExpectColumnValuesToNotBeNull(column=col), lambda r, c=col: f"{c} is missing (NaN/empty)")
+        )
     checks += [
         Check(
             E.ExpectColumnValuesToBeBetween(column="_mos_rel", min_value=0.0, max_value=1.0),
@@ -161,10 +175,15 @@ def build_checks() -> list[Check]:
             E.ExpectColumnValuesToBeInSet(column="_first_path", value_set=[True]),
             lambda r: f"duplicated row: file {r['path']!r} already appears earlier in the manifest",
         ),
-        Check(E.ExpectColumnValuesToBeInSet(column="_file_error", value_set=[""]), lambda r: str(r["_file_error"])),
+        Check(
+            E.ExpectColumnValuesToBeInSet(column="_file_error", value_set=[""]),
+            lambda r: str(r["_file_error"]),
+        ),
         Check(
             E.ExpectColumnValuesToBeInSet(column="_content_ok", value_set=[True]),
-            lambda r: f"identical content occurs in more than one split (content sha256 {r['_content_hash'][:12]}…)",
+            lambda r: (
+                f"identical content occurs in more than one split (content sha256 {r['_content_hash'][:12]}…)"
+            ),
         ),
     ]
     return checks
@@ -217,7 +236,9 @@ def validate_manifest(
         suite.add_expectation(gx.expectations.ExpectColumnToExist(column=col))
     for col in NUMERIC:
         suite.add_expectation(
-            gx.expectations.ExpectColumnValuesToBeInTypeList(column=col, type_list=["float64", "Float64", "float32"])
+            gx.expectations.ExpectColumnValuesToBeInTypeList(
+                column=col, type_list=["float64", "Float64", "float32"]
+            )
         )
     checks = build_checks()
     for check in checks:
@@ -231,7 +252,9 @@ def validate_manifest(
     for res in result.results:
         cfg = res.expectation_config
         if res.exception_info and res.exception_info.get("raised_exception"):
-            raise RuntimeError(f"GX expectation {cfg.type} on {cfg.kwargs.get('column')} raised: {res.exception_info}")
+            raise RuntimeError(
+                f"GX expectation {cfg.type} on {cfg.kwargs.get('column')} raised: {res.exception_info}"
+            )
         if res.success:
             continue
         idx = res.result.get("unexpected_index_list")

@@ -15,11 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "are written to the quarantine CSV with a reason; exits 1 when the failing share exceeds --max-fail-share.",
     )
     p.add_argument("manifest", help="manifest parquet written by `qualitune ingest`")
-    p.add_argument("--quarantine", required=True, help="CSV that receives failing rows with a `reason` column")
+    p.add_argument(
+        "--quarantine", required=True, help="CSV that receives failing rows with a `reason` column"
+    )
     p.add_argument("--out", help="parquet of the rows that pass (default: not written)")
     p.add_argument("--report", default=None, help="JSON report (default: <quarantine>.report.json)")
     p.add_argument("--html", default=None, help="also write GX's HTML validation page here")
-    p.add_argument("--max-fail-share", type=float, default=0.0, help="tolerated share of failing rows (default 0)")
+    p.add_argument(
+        "--max-fail-share", type=float, default=0.0, help="tolerated share of failing rows (default 0)"
+    )
     p.add_argument("--no-media-check", action="store_true", help="skip opening/decoding every file (faster)")
     p.add_argument("--workers", type=int, default=None, help="processes for decoding (default: all cores)")
     p.set_defaults(func=run)
@@ -44,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
     except GateFailed as exc:
-        print(f"validation gate FAILED\n{exc}\nquarantine: {args.quarantine}; report: {report}", file=sys.stderr)
+        print(
+            f"validation gate FAILED\n{exc}\nquarantine: {args.quarantine}; report: {report}", file=sys.stderr
+        )
         return 1
     print(summary(outcome))
     print(f"validation gate passed in {time.perf_counter() - t0:.1f} s; report: {report}")
