@@ -26,12 +26,20 @@ def write_image(path: Path, seed: int = 0, size: tuple[int, int] = (64, 48)) -> 
 
 
 def write_mp4(
-    path: Path, n_frames: int = 8, size: tuple[int, int] = (64, 48), fps: int = 8, seed: int = 0
+    path: Path,
+    n_frames: int = 8,
+    size: tuple[int, int] = (64, 48),
+    fps: int = 8,
+    seed: int = 0,
+    faststart: bool = False,
 ) -> Path:
+    """Write a clip (container from the suffix). `faststart` puts the MP4 index first, as streaming
+    sites do, so a truncated file still opens and only its tail is lost."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as out:
+    options = {"movflags": "faststart"} if faststart and path.suffix == ".mp4" else {}
+    with av.open(str(path), mode="w", options=options) as out:
         stream = out.add_stream("mpeg4", rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
