@@ -7,9 +7,9 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from media_factory import truncate, write_image, write_mp4
 from PIL import Image
 
+from media_factory import truncate, write_image, write_mp4
 from qualitune.media import FileIndex, MediaError, load_image, load_media, media_kind, sample_frames
 
 
