@@ -1,1 +1,29 @@
-"""DVC stage entry points: each `python -m qualitune.stages.X` reads its params section and calls the library."""
+"""Thin DVC stage entry points: `python -m qualitune.stages.<name>` reads its params section and calls library code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from qualitune.config import DEFAULT_PARAMS, load_params
+
+
+def stage_main(name: str, body: Callable[[dict[str, Any]], int], argv: list[str] | None = None) -> int:
+    """The shared shell of every stage: `--params`, logging, and user errors as a message + exit 2.
+
+    A failing stage must fail `dvc repro` with a readable reason, not a traceback; bugs still raise.
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"python -m qualitune.stages.{name}", description=f"DVC stage {name!r}"
+    )
+    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default params.yaml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(body(load_params(args.params)) or 0)
+    except ValueError as exc:
+        print(f"{name} stage: error: {exc}", file=sys.stderr)
+        return 2

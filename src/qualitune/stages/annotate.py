@@ -6,20 +6,17 @@ dataset re-scores only the new ones even though DVC reruns the stage.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
-from qualitune.config import load_params, section
+from qualitune.config import section
+from qualitune.stages import stage_main
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_stage(params: dict) -> int:
     from qualitune.annotate import annotate_paths
     from qualitune.manifest import read_manifest
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
     cfg = section(params, "annotate")
     df = read_manifest(section(params, "validate")["out"])
     table = annotate_paths(
@@ -29,13 +26,15 @@ def main(argv: list[str] | None = None) -> int:
         workers=int(cfg.get("workers") or 0) or None,
         cache_dir=cfg.get("cache_dir"),
     )
-    from pathlib import Path
-
     Path(cfg["out"]).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(cfg["out"], index=False)
     n_err = int((table["error"].fillna("") != "").sum())
     print(f"annotate: {len(table)} items x {len(cfg['annotators'])} annotators, {n_err} items with an error")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("annotate", run_stage, argv)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,11 @@ produce identical manifests.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from typing import Any
 
-from qualitune.config import DEFAULT_PARAMS, load_params, section
+from qualitune.config import section
+from qualitune.stages import stage_main
 
 
 def run_stage(params: dict[str, Any]) -> int:
@@ -40,17 +39,7 @@ def run_stage(params: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m qualitune.stages.ingest", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default params.yaml)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run_stage(load_params(args.params))
-    except ValueError as exc:
-        print(f"ingest stage: error: {exc}", file=sys.stderr)
-        return 2
+    return stage_main("ingest", run_stage, argv)
 
 
 if __name__ == "__main__":

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from qualitune.config import load_params, section
+from qualitune.config import section
 from qualitune.labels import LabelRange, add_labels
 from qualitune.manifest import manifest_metadata, read_manifest, write_manifest
+from qualitune.stages import stage_main
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+def run_stage(params: dict) -> int:
     cfg = section(params, "labels")
     src = section(params, "validate")["out"]
     lo, hi = cfg.get("range", [10, 50])
-    df = add_labels(read_manifest(src), fmt=cfg.get("format", "integer"), rng=LabelRange(int(lo), int(hi)))
-    meta = manifest_metadata(src) | {"labels": {"format": cfg.get("format", "integer"), "range": [lo, hi]}}
-    write_manifest(df, cfg["out"], meta)
-    counts = df["label_int"].describe()
+    fmt = cfg.get("format", "integer")
+    df = add_labels(read_manifest(src), fmt=fmt, rng=LabelRange(int(lo), int(hi)))
+    write_manifest(df, cfg["out"], manifest_metadata(src) | {"labels": {"format": fmt, "range": [lo, hi]}})
     print(
-        f"labels: {len(df)} items, label range [{lo}, {hi}], observed [{counts['min']:.0f}, {counts['max']:.0f}]"
+        f"labels: {len(df)} items, range [{lo}, {hi}], observed [{df['label_int'].min()}, {df['label_int'].max()}]"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("labels", run_stage, argv)
 
 
 if __name__ == "__main__":

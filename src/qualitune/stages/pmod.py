@@ -6,19 +6,15 @@ plots the SRCC/PLCC of each annotator and of the PMOD mean against MOS per split
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from qualitune.config import load_params, section
+from qualitune.config import section
+from qualitune.stages import stage_main
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_stage(params: dict) -> int:
     from qualitune.pmod import run_pmod
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
     cfg = section(params, "pmod")
     ann_cfg = section(params, "annotate")
     names = [n for n in ann_cfg["annotators"] if n not in set(cfg.get("exclude", []))]
@@ -35,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         plot_scatter=cfg["plot_scatter"],
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("pmod", run_stage, argv)
 
 
 if __name__ == "__main__":

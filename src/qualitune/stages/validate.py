@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
+from pathlib import Path
 
-from qualitune.config import load_params, section
+from qualitune.config import section
+from qualitune.stages import stage_main
 from qualitune.validate import GateFailed, run_validation, summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--params", default="params.yaml")
-    args = ap.parse_args(argv)
-    params = load_params(args.params)
+def run_stage(params: dict) -> int:
     cfg = section(params, "validate")
     try:
         outcome = run_validation(
@@ -26,23 +24,21 @@ def main(argv: list[str] | None = None) -> int:
             check_media=bool(cfg.get("check_media", True)),
         )
     except GateFailed as exc:
-        print(f"validation gate FAILED\n{exc}", file=sys.stderr)
+        print(f"validation gate FAILED\n{exc}\nquarantine: {cfg['quarantine']}", file=sys.stderr)
         return 1
     print(summary(outcome))
     if cfg.get("metrics"):
-        _write_metrics(cfg["metrics"], outcome.report)
+        # a flat metrics file for `dvc metrics show` (the full report stays in `validate.report`)
+        r = outcome.report
+        flat = {k: r[k] for k in ("n_rows", "n_valid", "n_quarantined", "fail_share")}
+        flat |= {f"n_{s}": n for s, n in r["per_split"].items()}
+        Path(cfg["metrics"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg["metrics"]).write_text(json.dumps(flat, indent=2) + "\n")
     return 0
 
 
-def _write_metrics(path: str, report: dict) -> None:
-    """A flat metrics file for `dvc metrics show` (the full report stays in `validate.report`)."""
-    import json
-    from pathlib import Path
-
-    keys = ("n_rows", "n_valid", "n_quarantined", "fail_share")
-    flat = {k: report[k] for k in keys} | {f"n_{s}": n for s, n in report["per_split"].items()}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(flat, indent=2) + "\n")
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("validate", run_stage, argv)
 
 
 if __name__ == "__main__":
