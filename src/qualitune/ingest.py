@@ -874,7 +874,7 @@ def _run(
         "stage": "ingest",
         "format": fmt,
         "dataset": dataset,
-        "root": Path(os.path.abspath(root_path)).as_posix(),
+        "root": _display_path(Path(root_path), cwd),
         "labels": adapted.labels,
         "scale": list(adapted.scale),
         "higher_is_better": adapted.higher_is_better,
