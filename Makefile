@@ -39,6 +39,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/annotate_throughput.py --quick
+	$(PY) benchmarks/score_throughput.py --quick --device cpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests flows benchmarks

@@ -15,6 +15,7 @@ LEVELS: tuple[str, ...] = ("bad", "poor", "fair", "good", "excellent")
 """The five quality levels, worst to best (ITU absolute category rating words, as in Q-Align)."""
 
 _INTEGER = re.compile(r"\d+")
+_DECIMAL = re.compile(r"\d\.\d")
 
 
 def parse_integer(text: str, lo: int, hi: int) -> int | None:
@@ -27,6 +28,15 @@ def parse_integer(text: str, lo: int, hi: int) -> int | None:
     if not _INTEGER.fullmatch(stripped):
         return None
     value = int(stripped)
+    return value if lo <= value <= hi else None
+
+
+def parse_decimal(text: str, lo: float, hi: float) -> float | None:
+    """A one-decimal number such as "3.5" in [lo, hi] (IOVQA's decimal baseline); else None."""
+    stripped = text.strip()
+    if not _DECIMAL.fullmatch(stripped):
+        return None
+    value = float(stripped)
     return value if lo <= value <= hi else None
 
 
@@ -43,7 +53,7 @@ class ParseReport:
     total: int = 0
     failures: list[tuple[int, str]] = field(default_factory=list)
 
-    def add(self, index: int, raw: str, parsed: int | None) -> int | None:
+    def add(self, index: int, raw: str, parsed: float | None) -> float | None:
         """Record one answer and return `parsed` unchanged (None stays None)."""
         self.total += 1
         if parsed is None:

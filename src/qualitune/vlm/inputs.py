@@ -31,6 +31,8 @@ IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 IGNORE_INDEX = -100
 """Label value that cross-entropy skips (prompt, padding)."""
+TRAINING_KEYS = frozenset({"value_mask"})
+"""Batch keys only the trainer reads; `model_inputs` drops them (labels pass: the model can use them)."""
 
 # Per-item media: one image, or a list of frames (a video sampled by `qualitune.media`).
 MediaItem = Image.Image | Sequence[Image.Image]
@@ -151,10 +153,25 @@ def video_patches(
     return patches, (grid_t, int(grid[0, 1]), int(grid[0, 2]))
 
 
+Answer = str | tuple[str, str, str]
+"""A training answer: plain text, or `(prefix, value, suffix)` where `value` is the part a
+value-only loss (IOVQA's integer-only mask) keeps, e.g. `("", "35", "")` or
+`("The quality of the image is", " good", ".")`. The parts are tokenised separately, so the value's
+tokens are known exactly rather than guessed from character offsets."""
+
+
+def _split_answer(answer: Answer) -> tuple[str, str, str]:
+    if isinstance(answer, str):
+        return "", answer, ""
+    if len(answer) != 3 or not all(isinstance(x, str) for x in answer):
+        raise ValueError(f"an answer must be a string or a (prefix, value, suffix) tuple, got {answer!r}")
+    return answer[0], answer[1], answer[2]
+
+
 def encode_batch(
-    items: Sequence[MediaItem],
+    items: Sequence[MediaItem | None],
     prompts: str | Sequence[str],
-    answers: Sequence[str] | None = None,
+    answers: Sequence[Answer] | None = None,
     *,
     tokenizer: PreTrainedTokenizerBase,
     image_processor: Qwen2VLImageProcessorPil,
@@ -163,6 +180,7 @@ def encode_batch(
     seconds_per_frame: float | Sequence[float] = 1.0,
     system: str | None = None,
     answer_suffix: str = "<|im_end|>",
+    assistant_prefix: str | Sequence[str] = "",
 ) -> dict[str, torch.Tensor]:
     """Tokenise a batch of (media, question[, answer]) into model inputs.
 
@@ -170,12 +188,15 @@ def encode_batch(
     `image_grid_thw` and/or `pixel_values_videos` + `video_grid_thw` + `second_per_grid_ts`
     (Qwen2.5-VL's temporal spacing: `temporal_patch_size * seconds_per_frame`). With `answers`,
     the answer text plus `answer_suffix` follows each prompt and `labels` copies those ids, with
-    IGNORE_INDEX on prompt and padding positions.
+    IGNORE_INDEX on prompt and padding positions; `value_mask` (bool) marks the tokens of each
+    answer's value part (see `Answer`).
 
     A single image item is always an image; a list of frames follows `video_mode`: "frames" makes
-    one image block per frame, "video" one video grid. Left padding (default) puts every row's
+    one image block per frame, "video" one video grid; `None` is a text-only turn (two-stage
+    reasoning's second stage sees only a description). Left padding (default) puts every row's
     answer position in the last column, which scoring relies on; use "right" for training if you
-    prefer, the masks are explicit either way.
+    prefer, the masks are explicit either way. `assistant_prefix` is text the assistant turn starts
+    with at scoring time (e.g. "The quality of the image is"), so the next token is the value.
     """
     n = len(items)
     if n == 0:
@@ -189,6 +210,9 @@ def encode_batch(
         raise ValueError(f"video_mode must be 'frames' or 'video', got {video_mode!r}")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    prefixes = [assistant_prefix] * n if isinstance(assistant_prefix, str) else list(assistant_prefix)
+    if len(prefixes) != n:
+        raise ValueError(f"got {n} media items but {len(prefixes)} assistant prefixes")
     spf = (
         [float(seconds_per_frame)] * n
         if isinstance(seconds_per_frame, int | float)
@@ -206,10 +230,12 @@ def encode_batch(
     video_seconds: list[float] = []
     sequences: list[list[int]] = []
     label_rows: list[list[int]] = []
+    value_rows: list[list[bool]] = []
     for i, (item, question) in enumerate(zip(items, questions, strict=True)):
-        frames = _frames_of(item)
-        as_video = video_mode == "video" and not isinstance(item, Image.Image)
-        if as_video:
+        if item is None:
+            text = build_prompt(tokenizer, question, n_images=0, system=system)
+        elif video_mode == "video" and not isinstance(item, Image.Image):
+            frames = _frames_of(item)
             patches, grid = video_patches(frames, image_processor)
             video_patch_list.append(patches)
             video_grids.append(grid)
@@ -217,19 +243,30 @@ def encode_batch(
             text = build_prompt(tokenizer, question, n_images=0, n_videos=1, system=system)
             text = expand_vision_tokens(text, VIDEO_PAD, [grid[0] * grid[1] * grid[2] // merge])
         else:
+            frames = _frames_of(item)
             out = image_processor(images=frames, return_tensors="np")
             grids = np.asarray(out["image_grid_thw"], dtype=np.int64)
             image_patches.append(np.asarray(out["pixel_values"], dtype=np.float32))
             image_grids.append(grids)
             text = build_prompt(tokenizer, question, n_images=len(frames), system=system)
             text = expand_vision_tokens(text, IMAGE_PAD, [int(g.prod()) // merge for g in grids])
-        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(text + prefixes[i], add_special_tokens=False)["input_ids"]
         if answers is None:
             sequences.append(prompt_ids)
             continue
-        answer_ids = tokenizer(str(answers[i]) + answer_suffix, add_special_tokens=False)["input_ids"]
+        pre, value, post = _split_answer(answers[i])
+        parts = [
+            tokenizer(t, add_special_tokens=False)["input_ids"] if t else []
+            for t in (pre, value, post + answer_suffix)
+        ]
+        if not parts[1]:
+            raise ValueError(f"answer {answers[i]!r} of item {i} has an empty value")
+        answer_ids = parts[0] + parts[1] + parts[2]
         sequences.append(prompt_ids + answer_ids)
         label_rows.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
+        value_rows.append(
+            [False] * (len(prompt_ids) + len(parts[0])) + [True] * len(parts[1]) + [False] * len(parts[2])
+        )
 
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
@@ -238,12 +275,14 @@ def encode_batch(
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
     labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    value_mask = torch.zeros((n, width), dtype=torch.bool)
     for i, seq in enumerate(sequences):
         cols = slice(width - len(seq), width) if padding_side == "left" else slice(0, len(seq))
         input_ids[i, cols] = torch.tensor(seq, dtype=torch.long)
         attention_mask[i, cols] = 1
         if answers is not None:
             labels[i, cols] = torch.tensor(label_rows[i], dtype=torch.long)
+            value_mask[i, cols] = torch.tensor(value_rows[i], dtype=torch.bool)
 
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
     video_id = tokenizer.convert_tokens_to_ids(VIDEO_PAD)
@@ -265,6 +304,7 @@ def encode_batch(
         batch["second_per_grid_ts"] = torch.tensor(video_seconds, dtype=torch.float32)
     if answers is not None:
         batch["labels"] = labels
+        batch["value_mask"] = value_mask
     return batch
 
 
@@ -280,7 +320,7 @@ def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict
     param = next(iter(model.parameters()))
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
-        if key == "second_per_grid_ts" and key not in params:
+        if key in TRAINING_KEYS or (key == "second_per_grid_ts" and key not in params):
             continue
         value = value.to(param.device)
         if key in ("pixel_values", "pixel_values_videos"):

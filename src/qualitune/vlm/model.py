@@ -27,6 +27,9 @@ from qualitune.vlm.tokenizer import load_qwen_tokenizer
 TINY_NAME = "tiny-qwen2.5-vl"
 """Model name that selects the tiny random Qwen2.5-VL (no download, builds in well under a second)."""
 
+TINY_EMBED_STD = 0.5
+"""Init std of the tiny model's tied embedding / LM head (see `load_model`)."""
+
 QWEN_VOCAB_SIZE = 151936
 """Embedding rows of every Qwen2.5-VL checkpoint (151,665 tokens padded to a multiple of 128)."""
 
@@ -106,6 +109,25 @@ def model_class_for(config: Any) -> type[PreTrainedModel]:
     return _CLASSES[model_type]
 
 
+def _match_projector_scale(model: PreTrainedModel, target_std: float) -> None:
+    """Rescale the tiny model's projector so image tokens enter the decoder at the text embeddings'
+    scale, as pretraining leaves them. At random init they come out ~20x smaller, so the decoder
+    all but ignores the image and no recipe can learn image-dependent answers."""
+    visual = model.model.visual
+    cfg = visual.config
+    side = 4 * cfg.spatial_merge_size  # a 4x4-merged-patch test image
+    n = side * side
+    pixels = torch.randn(n, 3 * cfg.temporal_patch_size * cfg.patch_size**2)
+    grid = torch.tensor([[1, side, side]])
+    out = visual(pixels, grid_thw=grid)
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    std = float(torch.as_tensor(feats).float().std())
+    last = visual.merger.mlp[-1]
+    last.weight.mul_(target_std / max(std, 1e-8))
+    if last.bias is not None:
+        last.bias.mul_(target_std / max(std, 1e-8))
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -131,6 +153,13 @@ def load_model(
                 attn_implementation="sdpa",
                 dtype=torch_dtype if torch_dtype != "auto" else None,
             )
+            # The (tied) embedding at the usual std 0.02 caps every logit at |h| * 0.02 * sqrt(64)
+            # ~ 1.3 after the final norm: no token can ever get much probability, and adapters that
+            # cannot rescale the frozen norm (LoRA, encoder-only) could never learn an answer.
+            # A pretrained model's embeddings are far larger; this std gives logits of a few nats.
+            with torch.no_grad():
+                model.get_input_embeddings().weight.normal_(0.0, TINY_EMBED_STD)
+                _match_projector_scale(model, TINY_EMBED_STD)
     else:
         config = AutoConfig.from_pretrained(name, trust_remote_code=False)
         cls = model_class_for(config)

@@ -34,6 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from qualitune.vlm.answers import LEVELS, ParseReport, parse_integer, parse_level
 from qualitune.vlm.inputs import _unwrap, model_inputs
+from qualitune.vlm.tasks import AnswerFormat, level_of
 
 
 @dataclass
@@ -133,6 +134,45 @@ def _step_logprobs(model, cache, mask, next_pos, tokens: list[int]) -> torch.Ten
     return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
 
+def _tree_logprobs(
+    model, cache, mask, next_pos, nodes: set[tuple[int, ...]]
+) -> dict[tuple[int, ...], torch.Tensor]:
+    """Next-token log-probs after every trie node, in ONE cached forward ("tree attention").
+
+    Each internal node contributes its last token; a token sees the whole prefix plus its own
+    ancestors in the trie (a 4-D mask), sits at position prefix_end + depth - 1, and so computes
+    exactly what feeding that node's tokens alone after the prefix would. For [10, 50] that is the
+    five first digits side by side: two forwards in all instead of one per node, or one per
+    generated token for `generate()`. The cache is cropped back afterwards.
+    """
+    order = sorted(nodes, key=lambda s: (len(s), s))
+    index = {node: i for i, node in enumerate(order)}
+    n = len(order)
+    b, prefix_len = mask.shape
+    dev = mask.device
+    allowed = torch.zeros((n, n), dtype=torch.bool, device=dev)
+    for i, node in enumerate(order):
+        for j in range(1, len(node) + 1):
+            allowed[i, index[node[:j]]] = True  # its ancestors (proper prefixes that are nodes) and itself
+    tree_mask = torch.cat(
+        [mask.bool()[:, None, None, :].expand(b, 1, n, prefix_len), allowed[None, None].expand(b, 1, n, n)],
+        dim=-1,
+    )
+    ids = torch.tensor([node[-1] for node in order], dtype=torch.long, device=dev).expand(b, n)
+    depth = torch.tensor([len(node) - 1 for node in order], device=dev)
+    pos = (next_pos.unsqueeze(1) + depth.unsqueeze(0)).unsqueeze(0).expand(3, -1, -1)
+    out = model(
+        input_ids=ids,
+        attention_mask=tree_mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    cache.crop(-n)
+    logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+    return {node: logprobs[:, i] for i, node in enumerate(order)}
+
+
 def _digit_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     ids = {}
     for d in "0123456789":
@@ -143,7 +183,57 @@ def _digit_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     return ids
 
 
+def _token_sequences(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[tuple[int, ...]]:
+    seqs = [tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    if any(not s for s in seqs):
+        raise ValueError("an answer candidate tokenises to nothing")
+    if len(set(seqs)) != len(seqs):
+        raise ValueError("two answer candidates tokenise to the same ids")
+    return seqs
+
+
 @torch.no_grad()
+def candidate_distribution(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: dict[str, torch.Tensor],
+    candidates: list[str],
+    *,
+    end_text: str = "<|im_end|>",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities `(B, len(candidates))` of each answer text and the invalid mass `(B,)`.
+
+    The candidates' token sequences form a trie; each internal node (a proper prefix some candidate
+    extends) costs one cached step that feeds its tokens after the prompt and crops them off again.
+    A candidate that is itself an internal node (e.g. "1" when "10" is valid) must also end there:
+    its probability is multiplied by P(first token of `end_text`, or any end-of-turn token).
+    """
+    seqs = _token_sequences(tokenizer, candidates)
+    end_ids = sorted(
+        set(_end_token_ids(tokenizer)) | set(tokenizer(end_text, add_special_tokens=False)["input_ids"][:1])
+    )
+    internal = {s[:j] for s in seqs for j in range(1, len(s))}
+
+    first, inputs, positions, cache = _prefix_forward(model, batch)
+    mask = inputs["attention_mask"]
+    next_pos = positions.amax(dim=(0, 2)) + 1  # per row: one past the largest prefix position
+    node_logprobs: dict[tuple[int, ...], torch.Tensor] = {(): first}
+    if internal:
+        node_logprobs.update(_tree_logprobs(model, cache, mask, next_pos, internal))
+
+    b = mask.shape[0]
+    probs = torch.zeros((b, len(seqs)), dtype=torch.float64, device=mask.device)
+    for idx, seq in enumerate(seqs):
+        logp = torch.zeros(b, dtype=torch.float64, device=mask.device)
+        for j, tok in enumerate(seq):
+            logp = logp + node_logprobs[seq[:j]][:, tok].double()
+        if seq in internal:  # also the start of a longer valid answer: it must end here
+            logp = logp + torch.logsumexp(node_logprobs[seq][:, end_ids].double(), dim=-1)
+        probs[:, idx] = logp.exp()
+    invalid = (1.0 - probs.sum(dim=1)).clamp(min=0.0)
+    return probs.cpu(), invalid.cpu()
+
+
 def integer_distribution(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -151,36 +241,10 @@ def integer_distribution(
     lo: int,
     hi: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities `(B, hi-lo+1)` of each integer answer (unnormalised) and the invalid mass `(B,)`.
-
-    The integers' digit strings form a trie; node "d1..dj" needs one cached step if some valid
-    integer extends it. Each step feeds the node's digits after the prefix and crops them off again.
-    """
+    """Probabilities `(B, hi-lo+1)` of each integer answer (unnormalised) and the invalid mass `(B,)`."""
     _check_range(lo, hi)
-    digit = _digit_ids(tokenizer)
-    end_ids = _end_token_ids(tokenizer)
-    labels = [str(k) for k in range(lo, hi + 1)]
-    prefixes = {s[:j] for s in labels for j in range(1, len(s))}  # internal nodes that need a step
-
-    first, inputs, positions, cache = _prefix_forward(model, batch)
-    mask = inputs["attention_mask"]
-    next_pos = positions.amax(dim=(0, 2)) + 1  # per row: one past the largest prefix position
-    node_logprobs: dict[str, torch.Tensor] = {"": first}
-    # Shorter prefixes first, so a node's parent is always evaluated before it.
-    for node in sorted(prefixes, key=lambda s: (len(s), s)):
-        node_logprobs[node] = _step_logprobs(model, cache, mask, next_pos, [digit[c] for c in node])
-
-    b = mask.shape[0]
-    probs = torch.zeros((b, len(labels)), dtype=torch.float64, device=mask.device)
-    for idx, s in enumerate(labels):
-        logp = torch.zeros(b, dtype=torch.float64, device=mask.device)
-        for j, c in enumerate(s):
-            logp = logp + node_logprobs[s[:j]][:, digit[c]].double()
-        if s in prefixes:  # also the start of a longer valid integer: it must end here
-            logp = logp + torch.logsumexp(node_logprobs[s][:, end_ids].double(), dim=-1)
-        probs[:, idx] = logp.exp()
-    invalid = (1.0 - probs.sum(dim=1)).clamp(min=0.0)
-    return probs.cpu(), invalid.cpu()
+    _digit_ids(tokenizer)  # fails early on a tokenizer that does not split digits
+    return candidate_distribution(model, tokenizer, batch, [str(k) for k in range(lo, hi + 1)])
 
 
 def _levels_from_integers(probs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -252,6 +316,102 @@ def level_scores(
 
 
 @torch.no_grad()
+def generate_texts(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: dict[str, torch.Tensor],
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float | None = None,
+) -> list[str]:
+    """Decode each row's continuation: greedy (the papers' temperature 0) unless `do_sample`."""
+    inputs = model_inputs(model, {k: v for k, v in batch.items() if k != "labels"})
+    width = inputs["input_ids"].shape[1]
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+        if do_sample
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
+    out = model.generate(
+        **inputs,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=_end_token_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
+    )
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+SCORING_MODES = ("greedy", "expected")
+
+
+def format_scores(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: dict[str, torch.Tensor],
+    fmt: AnswerFormat,
+    mode: str,
+    *,
+    report: ParseReport | None = None,
+    index_offset: int = 0,
+    do_sample: bool = False,
+    temperature: float | None = None,
+) -> list[ItemScore]:
+    """Score a batch encoded with `assistant_prefix=fmt.prefix`, in any answer format.
+
+    `expected`: probability of every valid answer text (`candidate_distribution`), score = the
+    renormalised mean of their values, `invalid_mass` reported. `greedy`: generate, then parse
+    strictly with `fmt.parse`; failures stay None and go to `report` (item index + `index_offset`).
+    Generation stops at the end of turn or after as many tokens as the longest valid answer (plus
+    the format's suffix): an integer-only-mask model was never trained to emit the end token, and
+    what it would say after a complete answer is not part of the answer.
+    Sampling (`do_sample`, `temperature`) exists for the instability analysis only.
+    """
+    if mode not in SCORING_MODES:
+        raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
+    if mode == "expected":
+        cands = fmt.candidates()
+        probs, invalid = candidate_distribution(
+            model, tokenizer, batch, [c for c, _ in cands], end_text=fmt.suffix + "<|im_end|>"
+        )
+        values = torch.tensor([v for _, v in cands], dtype=torch.float64)
+        bins = torch.as_tensor(level_of(fmt.to_norm(values.numpy())))
+        levels = torch.zeros((probs.shape[0], 5), dtype=torch.float64).index_add_(1, bins, probs)
+        total = probs.sum(dim=1)
+        results = []
+        for i in range(probs.shape[0]):
+            if float(total[i]) <= 0.0:  # all mass underflowed: nothing valid to average
+                results.append(ItemScore(None, None, parse_ok=False, invalid_mass=1.0))
+                continue
+            score = float((probs[i] * values).sum() / total[i])
+            results.append(
+                ItemScore(
+                    score, (levels[i] / total[i]).tolist(), parse_ok=True, invalid_mass=float(invalid[i])
+                )
+            )
+        return results
+    longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c, _ in fmt.candidates())
+    texts = generate_texts(
+        model,
+        tokenizer,
+        batch,
+        max_new_tokens=longest + len(tokenizer(fmt.suffix, add_special_tokens=False)["input_ids"]),
+        do_sample=do_sample,
+        temperature=temperature,
+    )
+    report = report if report is not None else ParseReport()
+    results = []
+    for i, text in enumerate(texts):
+        value = fmt.parse(text)
+        report.add(index_offset + i, text, value)
+        levels = None if value is None else _one_hot(int(level_of(fmt.to_norm(value))))
+        results.append(ItemScore(value, levels, answer=text, parse_ok=value is not None))
+    return results
+
+
+@torch.no_grad()
 def greedy_scores(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -272,20 +432,7 @@ def greedy_scores(
     _check_range(lo, hi)
     if answer_format not in ("integer", "level"):
         raise ValueError(f"answer_format must be 'integer' or 'level', got {answer_format!r}")
-    inputs = model_inputs(model, {k: v for k, v in batch.items() if k != "labels"})
-    width = inputs["input_ids"].shape[1]
-    out = model.generate(
-        **inputs,
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=_end_token_ids(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-    )
-    texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+    texts = generate_texts(model, tokenizer, batch, max_new_tokens=max_new_tokens)
     report = report if report is not None else ParseReport()
     results = []
     for i, text in enumerate(texts):
@@ -332,7 +479,11 @@ def time_scorers(
 
 
 __all__ = [
+    "SCORING_MODES",
     "ItemScore",
+    "candidate_distribution",
+    "format_scores",
+    "generate_texts",
     "expected_scores",
     "greedy_scores",
     "integer_distribution",

@@ -1,0 +1,302 @@
+"""A trained scorer on disk, and scoring files with it.
+
+A scorer directory (what the `train` stage writes to `models/scorer/`) holds:
+
+- `qualitune_scorer.json`: the base model (hub id, local folder or `tiny-qwen2.5-vl` + seed), the
+  answer format and label range, pixel budget, video sampling, whether inference runs two stages,
+  and the training recipe and validation metrics for the record;
+- `adapter/`: the peft LoRA adapter (`adapter_model.safetensors` + `adapter_config.json`) when the
+  run used LoRA -- used as is, never merged, so one base serves many adapters;
+- `weights.safetensors`: every other weight that trained (the vision encoder in VITAL's
+  encoder-centred mode, the projector in warm-up, everything in full fine-tuning).
+
+Loading rebuilds the base, applies the adapter and copies the weights, all from safetensors and
+with `trust_remote_code` off. The base itself is referenced, not copied: a 7B checkpoint stays in
+the user's cache, and the tiny model is rebuilt bit for bit from its seed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qualitune.vlm.answers import ParseReport
+from qualitune.vlm.inputs import encode_batch, make_image_processor
+from qualitune.vlm.scoring import SCORING_MODES, ItemScore, format_scores, generate_texts
+from qualitune.vlm.tasks import DESCRIBE_QUESTION, AnswerFormat
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "qualitune_scorer.json"
+ADAPTER_DIR = "adapter"
+WEIGHTS_FILE = "weights.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ScorerSpec:
+    """What it takes to rebuild and prompt a trained scorer (written as `qualitune_scorer.json`)."""
+
+    base_model: str
+    answer_format: dict
+    base_seed: int = 0
+    dtype: str = "auto"
+    min_pixels: int = 56 * 56
+    max_pixels: int = 448 * 448
+    video_mode: str = "frames"
+    n_frames: int = 2
+    two_stage: bool = False
+    describe_max_new_tokens: int = 48
+    trust_remote_code: bool = False
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def fmt(self) -> AnswerFormat:
+        return AnswerFormat(**self.answer_format)
+
+    @classmethod
+    def read(cls, directory: str | Path) -> ScorerSpec:
+        path = Path(directory) / SPEC_FILE
+        if not path.is_file():
+            raise ValueError(
+                f"{directory} is not a qualitune scorer (no {SPEC_FILE}); train one with `dvc repro train` "
+                "or pass the folder the train stage wrote (models/scorer)"
+            )
+        data = json.loads(path.read_text())
+        if data.get("format_version", 1) > FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer qualitune (format {data['format_version']})")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self, directory: str | Path) -> None:
+        Path(directory, SPEC_FILE).write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
+
+
+def save_scorer(
+    model: torch.nn.Module,
+    spec: ScorerSpec,
+    out_dir: str | Path,
+    *,
+    extra_weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write adapter and/or trained weights plus the spec; replaces a previous scorer in `out_dir`.
+
+    `extra_weights` are frozen weights that nevertheless differ from the base, e.g. a vision
+    encoder transferred from another scorer (VITAL): without them, reloading would rebuild the
+    base's own encoder."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from qualitune.vlm.trainable import non_lora_trainable
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
+    weights = {**(extra_weights or {}), **non_lora_trainable(model)}
+    if weights:
+        save_file(weights, str(tmp / WEIGHTS_FILE))
+    spec.write(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def load_scored_model(directory: str | Path, *, device: str | None = None, dtype: str | None = None):
+    """`(model, tokenizer, spec)` of a scorer directory, in eval mode."""
+    from safetensors.torch import load_file
+
+    from qualitune.vlm.model import load_model
+    from qualitune.vlm.trainable import load_weights
+
+    directory = Path(directory)
+    spec = ScorerSpec.read(directory)
+    if spec.trust_remote_code:
+        raise ValueError("this scorer asks for trust_remote_code; qualitune never enables it on its own")
+    model, tokenizer = load_model(spec.base_model, dtype=dtype or spec.dtype, seed=spec.base_seed)
+    if (directory / ADAPTER_DIR).is_dir():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR), is_trainable=False)
+    if (directory / WEIGHTS_FILE).is_file():
+        load_weights(model, load_file(str(directory / WEIGHTS_FILE)), what=str(directory / WEIGHTS_FILE))
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model, tokenizer, spec
+
+
+def resolve_model_ref(ref: str | Path) -> Path:
+    """A scorer folder for `ref`: a local folder, or `models:/name@alias` / `models:/name/version`
+    from the MLflow registry (downloaded into MLflow's cache)."""
+    text = str(ref)
+    if text.startswith("models:/"):
+        from qualitune.registry import download_scorer
+
+        return download_scorer(text)
+    path = Path(text)
+    if not path.exists():
+        raise ValueError(
+            f"model {text!r} not found: give a scorer folder (e.g. models/scorer) or models:/name@alias"
+        )
+    return path
+
+
+@dataclass
+class ScoreRun:
+    """Results for a list of paths: one dict per path, in order, plus the parse report and errors."""
+
+    results: list[dict[str, Any]]
+    report: ParseReport
+    n_media_errors: int = 0
+
+    @property
+    def n_failed(self) -> int:
+        return self.n_media_errors + self.report.n_failed
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "items": len(self.results),
+            "scored": sum(r["score"] is not None for r in self.results),
+            "media_errors": self.n_media_errors,
+            **self.report.summary(),
+        }
+
+
+class Scorer:
+    """A loaded scorer: `score_items` for PIL inputs, `score_paths` for files (images and videos)."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, spec: ScorerSpec):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.fmt = spec.fmt
+        self.image_processor = make_image_processor(spec.min_pixels, spec.max_pixels)
+
+    @classmethod
+    def load(cls, ref: str | Path, *, device: str | None = None, dtype: str | None = None) -> Scorer:
+        model, tok, spec = load_scored_model(resolve_model_ref(ref), device=device, dtype=dtype)
+        return cls(model, tok, spec)
+
+    def _encode(self, items: Sequence[Any], prompts: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:
+        return encode_batch(
+            list(items),
+            list(prompts),
+            tokenizer=self.tokenizer,
+            image_processor=self.image_processor,
+            padding_side="left",
+            video_mode=self.spec.video_mode,
+            assistant_prefix=prefix,
+        )
+
+    def describe(self, items: Sequence[Any], kinds: Sequence[str]) -> list[str]:
+        """Stage one of two-stage inference: the model's own description of each item."""
+        batch = self._encode(items, [DESCRIBE_QUESTION.format(media=k) for k in kinds], "")
+        texts = generate_texts(
+            self.model, self.tokenizer, batch, max_new_tokens=self.spec.describe_max_new_tokens
+        )
+        return [t.strip() for t in texts]
+
+    def score_items(
+        self,
+        items: Sequence[Any],
+        kinds: Sequence[str] | None = None,
+        *,
+        mode: str = "expected",
+        report: ParseReport | None = None,
+        index_offset: int = 0,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        prompts: Sequence[str] | None = None,
+    ) -> tuple[list[ItemScore], list[str | None]]:
+        """Score one batch of PIL images / frame lists; returns scores and (two-stage) descriptions."""
+        if mode not in SCORING_MODES:
+            raise ValueError(f"mode must be one of {SCORING_MODES}, got {mode!r}")
+        kinds = list(kinds) if kinds is not None else ["image"] * len(items)
+        descriptions: list[str | None] = [None] * len(items)
+        if self.spec.two_stage:
+            descriptions = list(self.describe(items, kinds))
+            questions = [
+                self.fmt.question_from_description(d, k) for d, k in zip(descriptions, kinds, strict=True)
+            ]
+            batch = self._encode([None] * len(items), questions, self.fmt.prefix)
+        else:
+            questions = list(prompts) if prompts is not None else [self.fmt.question(k) for k in kinds]
+            batch = self._encode(items, questions, self.fmt.prefix)
+        scores = format_scores(
+            self.model,
+            self.tokenizer,
+            batch,
+            self.fmt,
+            mode,
+            report=report,
+            index_offset=index_offset,
+            do_sample=do_sample,
+            temperature=temperature,
+        )
+        return scores, descriptions
+
+    def score_paths(
+        self, paths: Sequence[str | Path], *, mode: str = "expected", batch_size: int = 8
+    ) -> ScoreRun:
+        """Score files; a file that cannot be read gets an `error` and never stops the batch."""
+        from qualitune.media import MediaError, load_media, media_kind
+
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        report = ParseReport()
+        results: list[dict[str, Any]] = [{"path": str(p)} for p in paths]
+        ok: list[tuple[int, Any, str]] = []
+        n_errors = 0
+        for i, p in enumerate(paths):
+            try:
+                kind = media_kind(p)
+                frames = load_media(p, n_frames=self.spec.n_frames)
+                ok.append((i, frames[0] if kind == "image" else list(frames), kind))
+            except (MediaError, OSError, ValueError) as exc:
+                results[i].update(score=None, error=str(exc))
+                n_errors += 1
+        for start in range(0, len(ok), batch_size):
+            chunk = ok[start : start + batch_size]
+            scores, descriptions = self.score_items(
+                [c[1] for c in chunk], [c[2] for c in chunk], mode=mode, report=report, index_offset=start
+            )
+            for (i, _, _), sc, desc in zip(chunk, scores, descriptions, strict=True):
+                results[i].update(self._result(sc, desc, mode))
+        # report indices refer to scored items; map them back to paths for the failure list
+        for k, (idx, raw) in enumerate(report.failures):
+            report.failures[k] = (ok[idx][0], raw)
+        return ScoreRun(results, report, n_errors)
+
+    def _result(self, sc: ItemScore, description: str | None, mode: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "score": sc.score,
+            "score_1_5": None if sc.score is None else float(self.fmt.to_norm(sc.score)),
+            "levels": sc.level_probs,
+            "mode": mode,
+        }
+        if sc.answer is not None:
+            out["answer"] = sc.answer
+        if sc.invalid_mass is not None:
+            out["invalid_mass"] = sc.invalid_mass
+        if description is not None:
+            out["description"] = description
+        if sc.score is None:
+            out["error"] = (
+                "answer did not parse" if mode == "greedy" else "no probability on any valid answer"
+            )
+        return out
+
+
+__all__ = ["ScoreRun", "Scorer", "ScorerSpec", "load_scored_model", "resolve_model_ref", "save_scorer"]

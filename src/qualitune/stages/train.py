@@ -1,0 +1,184 @@
+"""DVC stage `train`: fine-tune the VLM scorer on the PMOD manifest's train split.
+
+Reads params `model`, `train`, `mlflow` (and `pmod.out` for the data). Writes the scorer folder
+(`train.out`, loadable by `qualitune score --model models/scorer`), validation metrics of both
+scoring modes (`train.metrics`, a DVC metric) and logs params, per-step loss, metrics and the
+scorer to MLflow. Runs unchanged under `accelerate launch -m qualitune.stages.train`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from qualitune.config import section
+from qualitune.stages import stage_main
+
+log = logging.getLogger("qualitune.train")
+
+
+def model_settings(params: dict[str, Any]) -> dict[str, Any]:
+    cfg = dict(section(params, "model"))
+    cfg.setdefault("name_or_path", "tiny-qwen2.5-vl")
+    cfg.setdefault("seed", 0)
+    cfg.setdefault("dtype", "auto")
+    cfg.setdefault("min_pixels", 56 * 56)
+    cfg.setdefault("max_pixels", 448 * 448)
+    cfg.setdefault("video_mode", "frames")
+    cfg.setdefault("n_frames", 2)
+    cfg.setdefault("init_vision_from", None)
+    cfg.setdefault("transfer_projector", False)
+    return cfg
+
+
+def train_scorer(params: dict[str, Any], *, data: str | None = None) -> dict[str, Any]:
+    """Train, save and validate a scorer from params; returns the metrics written."""
+    import torch
+
+    from qualitune.evaluate import evaluate_split
+    from qualitune.manifest import read_manifest
+    from qualitune.scorer import Scorer, ScorerSpec, load_scored_model, save_scorer
+    from qualitune.tracking import MetricBuffer, log_artifacts, log_metrics, start_run, tracking_settings
+    from qualitune.training import TrainSettings, train
+    from qualitune.vlm.inputs import make_image_processor
+    from qualitune.vlm.model import load_model
+    from qualitune.vlm.trainable import transfer_vision, vision_weights
+
+    mcfg = model_settings(params)
+    tcfg = dict(section(params, "train"))
+    settings = TrainSettings.from_params(tcfg)
+    data = data or tcfg.get("data") or section(params, "pmod")["out"]
+    df = read_manifest(data)
+    train_df = df[df["split"] == "train"]
+    val_df = df[df["split"] == "val"]
+    if len(val_df) == 0:
+        raise ValueError(f"{data} has no val split to validate on; set ingest.split_ratios or val_from_train")
+
+    model, tokenizer = load_model(mcfg["name_or_path"], dtype=mcfg["dtype"], seed=int(mcfg["seed"]))
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    if mcfg["init_vision_from"]:
+        source, _, _ = load_scored_model(mcfg["init_vision_from"])
+        n = transfer_vision(source, model, include_projector=bool(mcfg["transfer_projector"]))
+        log.info("vision encoder transferred from %s (%d tensors)", mcfg["init_vision_from"], n)
+        del source
+    proc = make_image_processor(int(mcfg["min_pixels"]), int(mcfg["max_pixels"]))
+    out_dir = Path(tcfg.get("out", "models/scorer"))
+    metrics_path = Path(tcfg.get("metrics", "reports/train_metrics.json"))
+    tracking = tracking_settings(params)
+    run_params = {
+        "model": mcfg,
+        "train": settings.to_dict(),
+        "data": {"path": str(data), "n_train": len(train_df)},
+    }
+
+    with start_run(
+        tracking,
+        f"train-{settings.method}-{settings.tuning}",
+        params=run_params,
+        tags={"stage": "train", "method": settings.method, "tuning": settings.tuning},
+    ):
+        t0 = time.perf_counter()
+        step_log = MetricBuffer(every=50)
+        result = train(
+            model,
+            tokenizer,
+            proc,
+            train_df,
+            settings,
+            n_frames=int(mcfg["n_frames"]),
+            video_mode=mcfg["video_mode"],
+            checkpoint_dir=tcfg.get("checkpoint_dir"),
+            resume=bool(tcfg.get("resume", True)),
+            on_log=step_log,
+            fingerprint_extra={"model": mcfg, "data": str(data)},
+        )
+        step_log.flush()
+        train_seconds = time.perf_counter() - t0
+        spec = ScorerSpec(
+            base_model=str(mcfg["name_or_path"]),
+            base_seed=int(mcfg["seed"]),
+            dtype=str(mcfg["dtype"]),
+            answer_format=settings.fmt.to_dict(),
+            min_pixels=int(mcfg["min_pixels"]),
+            max_pixels=int(mcfg["max_pixels"]),
+            video_mode=mcfg["video_mode"],
+            n_frames=int(mcfg["n_frames"]),
+            two_stage=settings.method == "two_stage",
+            recipe={
+                "method": settings.method,
+                "tuning": settings.tuning,
+                "loss_on": settings.loss_on,
+                "init_vision_from": mcfg["init_vision_from"],
+            },
+        )
+        scorer = Scorer(result.model, tokenizer, spec)
+        t1 = time.perf_counter()
+        val_metrics, _ = evaluate_split(scorer, val_df, batch_size=int(tcfg.get("val_batch_size", 8)))
+        val_seconds = time.perf_counter() - t1
+        losses = [h["loss"] for h in result.history]
+        metrics = {
+            "val": val_metrics,
+            "train": {
+                "n_examples": result.n_examples,
+                "optimizer_steps": result.optimizer_steps,
+                "loss_first": losses[0] if losses else None,
+                "loss_last": losses[-1] if losses else None,
+                "seconds": round(train_seconds, 2),
+                "resumed_from_micro_step": result.resumed_from,
+                "parameters": result.parameter_counts,
+            },
+            "val_seconds": round(val_seconds, 2),
+        }
+        spec.metrics = {"val": val_metrics}
+        transferred = vision_weights(result.model) if mcfg["init_vision_from"] else None
+        save_scorer(result.model, spec, out_dir, extra_weights=transferred)
+        if result.checkpoint_dir is not None:  # the run is complete: its resume points are not needed
+            shutil.rmtree(result.checkpoint_dir, ignore_errors=True)
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
+        log_metrics({"val": _numeric(val_metrics), "train_seconds": train_seconds})
+        log_artifacts(out_dir, "scorer")
+        log_artifacts(metrics_path)
+    for mode, m in val_metrics.items():
+        log.info(
+            "val %s: SRCC %.3f PLCC %.3f (n=%d, parse failures %d)",
+            mode,
+            m["srcc"],
+            m["plcc"],
+            m["n"],
+            m["parse_failures"],
+        )
+    return metrics
+
+
+def _numeric(d: dict) -> dict:
+    return {
+        k: (_numeric(v) if isinstance(v, dict) else v)
+        for k, v in d.items()
+        if isinstance(v, dict | int | float)
+    }
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def run_stage(params: dict[str, Any]) -> int:
+    train_scorer(params)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("train", run_stage, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,617 @@
+"""The trainer: IOVQA, VITAL and two-stage recipes on one accelerate loop, with exact resume.
+
+Why a small loop of our own rather than `transformers.Trainer`: the losses need the hidden state
+at a handful of answer positions (value-only CE, KL over five level tokens, focal loss on
+descriptions), batches mix tasks with one and two images, and resuming must reproduce an
+uninterrupted run bit for bit. accelerate still does device placement, DDP/FSDP across processes
+and bf16 autocast, so `accelerate launch -m qualitune.stages.train` scales it out unchanged.
+
+Determinism and resume: the whole schedule -- phases, epochs, the order of examples, the batches --
+is computed up front from the seed (`build_schedule`), so optimizer step k always sees the same
+examples. A checkpoint holds the trainable weights, optimizer, LR scheduler, every RNG state and
+the step; it is written to a temporary folder and renamed, so a kill -9 at any moment leaves
+either the previous checkpoint or the new one, never half of one. Resuming loads the newest
+checkpoint and continues with batch k+1; a fingerprint of the settings and example ids refuses a
+checkpoint made for different data or settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qualitune.media import load_media
+from qualitune.vlm.inputs import encode_batch
+from qualitune.vlm.losses import LossConfig, answer_losses, combine, supervised_labels
+from qualitune.vlm.scoring import level_token_ids
+from qualitune.vlm.tasks import (
+    AnswerFormat,
+    Example,
+    compare_examples,
+    describe_examples,
+    score_examples,
+    score_text_examples,
+)
+from qualitune.vlm.trainable import LoraSettings, apply_tuning, count_parameters, named_trainable
+
+log = logging.getLogger(__name__)
+
+METHODS = ("iovqa", "vital", "two_stage")
+MODEL_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "mm_token_type_ids",
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "second_per_grid_ts",
+)
+
+
+@dataclass(frozen=True)
+class VitalSettings:
+    """VITAL's multi-task mix: task weights, pair margin (on the 1-5 PMOD mean) and loss weights."""
+
+    target: str = "pmod"  # score value and KL target from the PMOD ("pmod") or from human MOS ("mos")
+    score_weight: float = 1.0
+    compare_weight: float = 0.5
+    describe_weight: float = 0.5
+    compare_margin: float = 0.5
+    pairs_per_item: int = 1
+    kl_weight: float = 1.0
+    ce_weight: float = 0.5
+    focal_alpha: float = 1.0
+    focal_gamma: float = 2.0
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything the loop needs; `from_params` reads params.yaml's `train` section.
+
+    `answer_format`/`label_range`: IOVQA's integer labels (or the decimal baseline); `vital` always
+    answers with level words. `loss_on`: "value" is the integer-only mask, "answer" the full-answer
+    baseline. `max_train_samples` caps the examples (VITAL's decoder warm-up on N samples).
+    `epochs` may be fractional; 0 trains nothing (zero-shot transfer).
+    """
+
+    method: str = "iovqa"
+    tuning: str = "lora"
+    answer_format: str = "integer"
+    label_range: tuple[int, int] = (10, 50)
+    loss_on: str = "value"
+    epochs: float = 2.0
+    stage1_epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    max_train_samples: int | None = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    vital: VitalSettings = field(default_factory=VitalSettings)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"train.method must be one of {METHODS}, got {self.method!r}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("train.batch_size and train.grad_accum must be >= 1")
+        if self.epochs < 0 or self.stage1_epochs < 0:
+            raise ValueError("train.epochs must be >= 0")
+
+    @classmethod
+    def from_params(cls, cfg: dict[str, Any]) -> TrainSettings:
+        known = {f for f in cls.__dataclass_fields__}
+        stage_keys = {"out", "checkpoint_dir", "resume", "val_batch_size", "metrics", "data"}
+        unknown = sorted(set(cfg) - known - stage_keys)
+        if unknown:
+            raise ValueError(f"unknown keys in params train section: {unknown}")
+        kw = {k: v for k, v in cfg.items() if k in known}
+        if "lora" in kw:
+            lora = dict(kw["lora"])
+            if "target_modules" in lora:
+                lora["target_modules"] = tuple(lora["target_modules"])
+            kw["lora"] = LoraSettings(**lora)
+        if "vital" in kw:
+            kw["vital"] = VitalSettings(**kw["vital"])
+        if "label_range" in kw:
+            kw["label_range"] = tuple(int(x) for x in kw["label_range"])
+        return cls(**kw)
+
+    @property
+    def fmt(self) -> AnswerFormat:
+        kind = "level" if self.method == "vital" else self.answer_format
+        return AnswerFormat(kind, *self.label_range)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    examples: list[Example]
+    epochs: float
+
+
+def build_phases(df: pd.DataFrame, s: TrainSettings) -> list[Phase]:
+    """The recipe as phases of examples (train split rows in `df`)."""
+    if len(df) == 0:
+        raise ValueError("no training rows (is there a train split?)")
+    if s.max_train_samples is not None:
+        n = int(s.max_train_samples)
+        df = df.sample(n=min(n, len(df)), random_state=s.seed).sort_index()
+    fmt = s.fmt
+    if s.method == "iovqa":
+        return [Phase("score", score_examples(df, fmt, target="mos"), s.epochs)]
+    if s.method == "vital":
+        v = s.vital
+        ex = score_examples(df, fmt, target=v.target, weight=v.score_weight)
+        if v.compare_weight > 0:
+            ex += compare_examples(
+                df,
+                margin=v.compare_margin,
+                pairs_per_item=v.pairs_per_item,
+                seed=s.seed,
+                weight=v.compare_weight,
+            )
+        if v.describe_weight > 0:
+            ex += describe_examples(df, weight=v.describe_weight)
+        return [Phase("vital", ex, s.epochs)]
+    return [
+        Phase("stage1_describe", describe_examples(df), s.stage1_epochs),
+        Phase("stage2_score", score_text_examples(df, fmt), s.epochs),
+    ]
+
+
+@dataclass(frozen=True)
+class Step:
+    phase: int
+    epoch: int
+    rows: tuple[int, ...]  # indices into the phase's examples
+
+
+def build_schedule(phases: Sequence[Phase], global_batch: int, seed: int) -> list[Step]:
+    """Every micro-batch of the run, in order: a seeded permutation per (phase, epoch); a fractional
+    last epoch keeps its first share of batches."""
+    steps: list[Step] = []
+    for p, phase in enumerate(phases):
+        n = len(phase.examples)
+        if n == 0 or phase.epochs <= 0:
+            continue
+        n_batches = math.ceil(n / global_batch)
+        for e in range(math.ceil(phase.epochs)):
+            order = np.random.default_rng([seed, p, e]).permutation(n)
+            keep = n_batches if e + 1 <= phase.epochs else max(1, round((phase.epochs - e) * n_batches))
+            for b in range(keep):
+                steps.append(
+                    Step(p, e, tuple(int(i) for i in order[b * global_batch : (b + 1) * global_batch]))
+                )
+    return steps
+
+
+@lru_cache(maxsize=4096)
+def _load(path: str, n_frames: int):
+    frames = load_media(path, n_frames=n_frames)
+    return frames[0] if len(frames) == 1 and not path.lower().endswith(_VIDEO_SUFFIXES) else tuple(frames)
+
+
+_VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".yuv")
+
+
+def media_item(ex: Example, n_frames: int):
+    """PIL image(s) for an example: one image, a video's frames, two images for a pair (a video in
+    a pair shows its first sampled frame), or None for text-only."""
+    if not ex.media:
+        return None
+    if len(ex.media) == 1:
+        item = _load(ex.media[0], n_frames)
+        return list(item) if isinstance(item, tuple) else item
+    out = []
+    for path in ex.media:
+        item = _load(path, n_frames)
+        out.append(item[0] if isinstance(item, tuple) else item)
+    return out
+
+
+def encode_examples(
+    examples: Sequence[Example],
+    *,
+    tokenizer,
+    image_processor,
+    n_frames: int,
+    video_mode: str,
+    focal_tasks: Sequence[str] = (),
+) -> dict[str, torch.Tensor]:
+    """Right-padded training batch plus the trainer's own tensors (weights, level targets...)."""
+    batch = encode_batch(
+        [media_item(e, n_frames) for e in examples],
+        [e.prompt for e in examples],
+        [e.answer for e in examples],
+        tokenizer=tokenizer,
+        image_processor=image_processor,
+        padding_side="right",
+        video_mode=video_mode,
+    )
+    vm = batch["value_mask"]
+    batch["value_start"] = vm.int().argmax(dim=1)
+    batch["weights"] = torch.tensor([e.weight for e in examples], dtype=torch.float32)
+    batch["focal_rows"] = torch.tensor([e.task in focal_tasks for e in examples])
+    batch["level_rows"] = torch.tensor([e.levels is not None for e in examples])
+    batch["level_targets"] = torch.tensor(
+        [list(e.levels) if e.levels is not None else [0.0] * 5 for e in examples], dtype=torch.float32
+    )
+    return batch
+
+
+class Objective(torch.nn.Module):
+    """The model plus its loss, as one module so DDP sees a single forward per step."""
+
+    def __init__(self, model: torch.nn.Module, loss_cfg: LossConfig, level_ids: list[int] | None):
+        super().__init__()
+        self.model = model
+        self.loss_cfg = loss_cfg
+        self.level_ids = level_ids
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from qualitune.vlm.inputs import _unwrap
+
+        base = _unwrap(self.model)
+        param = next(p for p in base.parameters())
+        inputs = {k: v.to(param.device) for k, v in batch.items() if k in MODEL_KEYS}
+        for k in ("pixel_values", "pixel_values_videos"):
+            if k in inputs:
+                inputs[k] = inputs[k].to(param.dtype)
+        if "second_per_grid_ts" in inputs and not _accepts(base.model, "second_per_grid_ts"):
+            inputs.pop("second_per_grid_ts")
+        hidden = base.model(**inputs, use_cache=False).last_hidden_state
+        dev = hidden.device
+        labels = supervised_labels(
+            batch["labels"].to(dev), batch["value_mask"].to(dev), self.loss_cfg.loss_on
+        )
+        level_rows = batch["level_rows"].to(dev)
+        losses = answer_losses(
+            hidden,
+            base.lm_head,
+            labels,
+            focal_rows=batch["focal_rows"].to(dev),
+            cfg=self.loss_cfg,
+            level_ids=self.level_ids,
+            level_targets=batch["level_targets"].to(dev),
+            level_rows=level_rows,
+            value_start=batch["value_start"].to(dev),
+        )
+        loss = combine(losses, batch["weights"].to(dev), level_rows, self.loss_cfg)
+        return loss, losses
+
+
+def _accepts(module: torch.nn.Module, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(type(module).forward).parameters
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    checkpoint_dir: Path | None
+    steps: int
+    optimizer_steps: int
+    resumed_from: int | None
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    parameter_counts: dict[str, int] = field(default_factory=dict)
+    n_examples: dict[str, int] = field(default_factory=dict)
+
+
+def fingerprint(settings: TrainSettings, phases: Sequence[Phase], extra: dict | None = None) -> str:
+    h = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
+    for ph in phases:
+        for ex in ph.examples:
+            h.update(f"{ph.name}|{ex.task}|{ex.item_id}|{ex.answer}|{ex.levels}|{ex.weight}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The newest complete checkpoint (`ckpt-NNNNNNN/state.json` exists) or None."""
+    d = Path(directory)
+    if not d.is_dir():
+        return None
+    done = sorted(
+        p for p in d.glob("ckpt-*") if p.is_dir() and (p / "state.json").is_file() and "tmp" not in p.name
+    )
+    return done[-1] if done else None
+
+
+def train(
+    model: torch.nn.Module,
+    tokenizer,
+    image_processor,
+    df_train: pd.DataFrame,
+    settings: TrainSettings,
+    *,
+    n_frames: int = 2,
+    video_mode: str = "frames",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[int, int, torch.nn.Module], bool | None] | None = None,
+    fingerprint_extra: dict | None = None,
+) -> TrainResult:
+    """Train `model` (a freshly loaded base) with `settings` on the train rows `df_train`.
+
+    Returns the trained (possibly peft-wrapped) model. `on_epoch_end(phase, epoch, model)` may
+    return True to stop (Optuna pruning). With `checkpoint_dir` and `settings.checkpoint_every`,
+    checkpoints are written every that many optimizer steps and, with `resume`, picked up.
+    """
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    t0 = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    random.seed(settings.seed)
+    np.random.seed(settings.seed % 2**32)
+    use_cuda = (
+        torch.cuda.is_available()
+        and next(model.parameters()).device.type != "cpu"
+        or (
+            torch.cuda.is_available()
+            and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+        )
+    )
+    mp = settings.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
+    acc = Accelerator(cpu=not use_cuda, mixed_precision=mp)
+
+    phases = build_phases(df_train, settings)
+    n_examples = {ph.name: len(ph.examples) for ph in phases}
+    for ph in phases:
+        tasks = pd.Series([e.task for e in ph.examples]).value_counts().to_dict() if ph.examples else {}
+        log.info("phase %s: %d examples %s, %.2f epochs", ph.name, len(ph.examples), tasks, ph.epochs)
+    global_batch = settings.batch_size * acc.num_processes
+    schedule = build_schedule(phases, global_batch, settings.seed)
+    fp = fingerprint(
+        settings, phases, {"n_frames": n_frames, "video_mode": video_mode, **(fingerprint_extra or {})}
+    )
+
+    model = apply_tuning(model, settings.tuning, settings.lora)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    counts = count_parameters(model)
+    log.info("parameters: %s", counts)
+    level_ids = level_token_ids(tokenizer) if settings.fmt.kind == "level" else None
+    loss_cfg = LossConfig(
+        loss_on=settings.loss_on,
+        kl_weight=settings.vital.kl_weight,
+        ce_weight=settings.vital.ce_weight if settings.method == "vital" else 1.0,
+        focal_alpha=settings.vital.focal_alpha,
+        focal_gamma=settings.vital.focal_gamma,
+        focal_tasks=("describe",) if settings.method == "vital" else (),
+    )
+    objective = Objective(model, loss_cfg, level_ids)
+    params = [p for _, p in named_trainable(model)]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    n_opt_steps = math.ceil(len(schedule) / settings.grad_accum)
+    scheduler = get_scheduler(
+        settings.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(settings.warmup_ratio * n_opt_steps),
+        num_training_steps=max(1, n_opt_steps),
+    )
+    objective, optimizer = acc.prepare(objective, optimizer)
+    objective.train()
+
+    start = 0
+    resumed_from = None
+    # one sub-folder per fingerprint: a run with other settings or data never picks these up
+    ckpt_dir = Path(checkpoint_dir) / fp if checkpoint_dir else None
+    if ckpt_dir is not None and resume:
+        last = latest_checkpoint(ckpt_dir)
+        if last is not None:
+            start = _load_checkpoint(last, acc, model, optimizer, scheduler, fp)
+            resumed_from = start
+            log.info("resumed from %s (micro-step %d of %d)", last, start, len(schedule))
+    elif ckpt_dir is not None and ckpt_dir.exists() and not resume:
+        shutil.rmtree(ckpt_dir)
+
+    history: list[dict] = []
+    rank, world = acc.process_index, acc.num_processes
+    running: list[float] = []
+    opt_step = start // settings.grad_accum
+    stopped = False
+    for k in range(start, len(schedule)):
+        step = schedule[k]
+        phase = phases[step.phase]
+        rows = step.rows[rank::world]
+        if not rows:  # a last batch smaller than the number of processes
+            rows = step.rows[:1]
+        batch = encode_examples(
+            [phase.examples[i] for i in rows],
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            n_frames=n_frames,
+            video_mode=video_mode,
+            focal_tasks=loss_cfg.focal_tasks,
+        )
+        last_micro = (k + 1) % settings.grad_accum == 0 or k + 1 == len(schedule)
+        ctx = acc.no_sync(objective) if not last_micro and world > 1 else _null()
+        with ctx, acc.autocast():
+            loss, parts = objective(batch)
+            acc.backward(loss / settings.grad_accum)
+        running.append(float(loss.detach()))
+        if not last_micro:
+            continue
+        if settings.max_grad_norm and settings.max_grad_norm > 0:
+            acc.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        opt_step += 1
+        entry = {
+            "step": opt_step,
+            "phase": phase.name,
+            "epoch": step.epoch,
+            "loss": float(np.mean(running)),
+            "lr": float(scheduler.get_last_lr()[0]),
+        }
+        running = []
+        history.append(entry)
+        if on_log is not None and acc.is_main_process:
+            on_log(opt_step, {"train.loss": entry["loss"], "train.lr": entry["lr"]})
+        if (
+            ckpt_dir is not None
+            and settings.checkpoint_every > 0
+            and opt_step % settings.checkpoint_every == 0
+        ):
+            _save_checkpoint(ckpt_dir, k + 1, acc, model, optimizer, scheduler, fp, settings.keep_checkpoints)
+        epoch_done = k + 1 == len(schedule) or (schedule[k + 1].phase, schedule[k + 1].epoch) != (
+            step.phase,
+            step.epoch,
+        )
+        if epoch_done and on_epoch_end is not None:
+            if on_epoch_end(step.phase, step.epoch, model):
+                stopped = True
+                break
+    acc.wait_for_everyone()
+    model = acc.unwrap_model(objective).model
+    model.eval()
+    if stopped:
+        log.info("stopped early by on_epoch_end")
+    return TrainResult(
+        model=model,
+        checkpoint_dir=ckpt_dir,
+        steps=len(schedule),
+        optimizer_steps=opt_step,
+        resumed_from=resumed_from,
+        history=history,
+        seconds=time.perf_counter() - t0,
+        parameter_counts=counts,
+        n_examples=n_examples,
+    )
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _save_checkpoint(
+    directory: Path, micro_step: int, acc, model, optimizer, scheduler, fp: str, keep: int
+) -> None:
+    from safetensors.torch import save_file
+
+    from qualitune.vlm.trainable import trainable_state
+
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"ckpt-{micro_step:07d}"
+    tmp = directory / f"ckpt-{micro_step:07d}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    acc.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng_{acc.process_index}.pt")
+    if acc.is_main_process:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        state = {"micro_step": micro_step, "fingerprint": fp, "world_size": acc.num_processes}
+        (tmp / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(p for p in directory.glob("ckpt-*") if p.is_dir() and p != final)[
+            : -max(1, keep) + 1 or None
+        ]:
+            if old.name.endswith(".tmp"):
+                continue
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _load_checkpoint(path: Path, acc, model, optimizer, scheduler, fp: str) -> int:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    if state["fingerprint"] != fp:
+        raise ValueError(
+            f"checkpoint {path} was made for other settings or data (fingerprint {state['fingerprint']} != {fp}); "
+            "delete the checkpoint folder or set train.resume: false to start over"
+        )
+    if state.get("world_size", 1) != acc.num_processes:
+        raise ValueError(
+            f"checkpoint {path} was written by {state.get('world_size')} processes, this run has {acc.num_processes}"
+        )
+    weights = load_file(str(path / "trainable.safetensors"))
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            if name not in named:
+                raise ValueError(f"checkpoint {path} has weight {name} the model lacks")
+            named[name].copy_(value.to(named[name].device, named[name].dtype))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng_file = path / f"rng_{acc.process_index}.pt"
+    _set_rng_state(torch.load(rng_file, weights_only=False))
+    return int(state["micro_step"])
+
+
+__all__ = [
+    "METHODS",
+    "Objective",
+    "Phase",
+    "TrainResult",
+    "TrainSettings",
+    "VitalSettings",
+    "build_phases",
+    "build_schedule",
+    "encode_examples",
+    "latest_checkpoint",
+    "train",
+]

@@ -1,0 +1,40 @@
+"""A small training manifest on real PNG files, shaped like the `pmod` stage's output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from media_factory import write_image
+
+
+def training_frame(root: Path, n: int = 16, splits: tuple[str, ...] = ("train",)) -> pd.DataFrame:
+    """`n` PNGs with MOS spread over 1-5, PMOD columns and descriptions; rows cycle through `splits`."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        path = Path(root) / f"img{i}.png"
+        write_image(path, seed=i, size=(64 + 8 * (i % 3), 72))
+        mos = 1.0 + 4.0 * i / max(1, n - 1)
+        p = np.exp(-0.5 * ((np.arange(1, 6) - mos) / 0.6) ** 2)
+        p /= p.sum()
+        rows.append(
+            {
+                "item_id": f"img{i}",
+                "path": str(path),
+                "media": "image",
+                "mos": mos,
+                "mos_std": 0.5,
+                "mos_norm": mos,
+                "split": splits[i % len(splits)],
+                "dataset": "test",
+                "scale_min": 1.0,
+                "scale_max": 5.0,
+                "pmod_mean": float(np.clip(mos + rng.normal(0, 0.3), 1, 5)),
+                **{f"pmod_p{k + 1}": float(p[k]) for k in range(5)},
+                "description": "strong blur, heavy noise" if mos < 3 else "sharp, clean, well exposed",
+            }
+        )
+    return pd.DataFrame(rows)
