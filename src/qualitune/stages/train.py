@@ -13,6 +13,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,25 @@ def model_settings(params: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def train_scorer(params: dict[str, Any], *, data: str | None = None) -> dict[str, Any]:
-    """Train, save and validate a scorer from params; returns the metrics written."""
+EpochHook = Callable[[int, int, dict[str, Any]], bool | None]
+
+
+def train_scorer(
+    params: dict[str, Any],
+    *,
+    data: str | None = None,
+    on_epoch_end: EpochHook | None = None,
+    out_dir: str | Path | None = None,
+    metrics_path: str | Path | None = None,
+    run_name: str | None = None,
+    nested: bool = False,
+) -> dict[str, Any]:
+    """Train, save and validate a scorer from params; returns the metrics written.
+
+    `on_epoch_end(phase, epoch, val_metrics)` gets the `expected`-mode validation metrics after
+    every epoch (scored on the val split, which costs a pass over it) and may return True to stop
+    (Optuna's pruner). `out_dir`/`metrics_path` override `train.out`/`train.metrics`; `nested`
+    makes the MLflow run a child of the active one (one per Optuna trial)."""
     import torch
 
     from qualitune.evaluate import evaluate_split
@@ -68,8 +86,8 @@ def train_scorer(params: dict[str, Any], *, data: str | None = None) -> dict[str
         log.info("vision encoder transferred from %s (%d tensors)", mcfg["init_vision_from"], n)
         del source
     proc = make_image_processor(int(mcfg["min_pixels"]), int(mcfg["max_pixels"]))
-    out_dir = Path(tcfg.get("out", "models/scorer"))
-    metrics_path = Path(tcfg.get("metrics", "reports/train_metrics.json"))
+    out_dir = Path(out_dir or tcfg.get("out", "models/scorer"))
+    metrics_path = Path(metrics_path or tcfg.get("metrics", "reports/train_metrics.json"))
     tracking = tracking_settings(params)
     run_params = {
         "model": mcfg,
@@ -77,11 +95,42 @@ def train_scorer(params: dict[str, Any], *, data: str | None = None) -> dict[str
         "data": {"path": str(data), "n_train": len(train_df)},
     }
 
+    spec = ScorerSpec(
+        base_model=str(mcfg["name_or_path"]),
+        base_seed=int(mcfg["seed"]),
+        dtype=str(mcfg["dtype"]),
+        answer_format=settings.fmt.to_dict(),
+        min_pixels=int(mcfg["min_pixels"]),
+        max_pixels=int(mcfg["max_pixels"]),
+        video_mode=mcfg["video_mode"],
+        n_frames=int(mcfg["n_frames"]),
+        two_stage=settings.method == "two_stage",
+        recipe={
+            "method": settings.method,
+            "tuning": settings.tuning,
+            "loss_on": settings.loss_on,
+            "init_vision_from": mcfg["init_vision_from"],
+        },
+    )
+    val_batch = int(tcfg.get("val_batch_size", 8))
+    epoch_hook = None
+    if on_epoch_end is not None:
+
+        def epoch_hook(phase: int, epoch: int, model) -> bool | None:
+            model.eval()
+            m, _ = evaluate_split(
+                Scorer(model, tokenizer, spec), val_df, modes=("expected",), batch_size=val_batch
+            )
+            model.train()
+            log_metrics({"epoch_val": _numeric(m["expected"])}, step=epoch)
+            return on_epoch_end(phase, epoch, m["expected"])
+
     with start_run(
         tracking,
-        f"train-{settings.method}-{settings.tuning}",
+        run_name or f"train-{settings.method}-{settings.tuning}",
         params=run_params,
         tags={"stage": "train", "method": settings.method, "tuning": settings.tuning},
+        nested=nested,
     ):
         t0 = time.perf_counter()
         step_log = MetricBuffer(every=50)
@@ -96,30 +145,14 @@ def train_scorer(params: dict[str, Any], *, data: str | None = None) -> dict[str
             checkpoint_dir=tcfg.get("checkpoint_dir"),
             resume=bool(tcfg.get("resume", True)),
             on_log=step_log,
+            on_epoch_end=epoch_hook,
             fingerprint_extra={"model": mcfg, "data": str(data)},
         )
         step_log.flush()
         train_seconds = time.perf_counter() - t0
-        spec = ScorerSpec(
-            base_model=str(mcfg["name_or_path"]),
-            base_seed=int(mcfg["seed"]),
-            dtype=str(mcfg["dtype"]),
-            answer_format=settings.fmt.to_dict(),
-            min_pixels=int(mcfg["min_pixels"]),
-            max_pixels=int(mcfg["max_pixels"]),
-            video_mode=mcfg["video_mode"],
-            n_frames=int(mcfg["n_frames"]),
-            two_stage=settings.method == "two_stage",
-            recipe={
-                "method": settings.method,
-                "tuning": settings.tuning,
-                "loss_on": settings.loss_on,
-                "init_vision_from": mcfg["init_vision_from"],
-            },
-        )
         scorer = Scorer(result.model, tokenizer, spec)
         t1 = time.perf_counter()
-        val_metrics, _ = evaluate_split(scorer, val_df, batch_size=int(tcfg.get("val_batch_size", 8)))
+        val_metrics, _ = evaluate_split(scorer, val_df, batch_size=val_batch)
         val_seconds = time.perf_counter() - t1
         losses = [h["loss"] for h in result.history]
         metrics = {
