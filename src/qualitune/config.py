@@ -30,3 +30,35 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"params section {name!r} must be a mapping")
     return value
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `override` merged in (nested mappings merged key by key)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+TUNABLE_SECTIONS = ("model", "train")
+
+
+def apply_tuned(params: dict[str, Any], path: str | Path | None) -> dict[str, Any]:
+    """Overlay the best parameters an Optuna search wrote (`tune.out`) on `params`.
+
+    The file holds a partial params mapping (e.g. `{train: {lr: 0.0003, lora: {r: 64}}}`); an absent
+    or empty file changes nothing. Only the `model` and `train` sections may be overridden, so a
+    search cannot silently move data paths or the registry gate.
+    """
+    if not path or not Path(path).is_file():
+        return params
+    tuned = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(tuned, dict):
+        raise ValueError(f"{path} must hold a mapping of params sections, got {type(tuned).__name__}")
+    bad = sorted(set(tuned) - set(TUNABLE_SECTIONS))
+    if bad:
+        raise ValueError(f"{path} overrides sections {bad}; only {list(TUNABLE_SECTIONS)} may be tuned")
+    return deep_merge(params, tuned)

@@ -124,7 +124,7 @@ class TrainSettings:
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> TrainSettings:
         known = {f for f in cls.__dataclass_fields__}
-        stage_keys = {"out", "checkpoint_dir", "resume", "val_batch_size", "metrics", "data"}
+        stage_keys = {"out", "checkpoint_dir", "resume", "val_batch_size", "metrics", "data", "tuned_params"}
         unknown = sorted(set(cfg) - known - stage_keys)
         if unknown:
             raise ValueError(f"unknown keys in params train section: {unknown}")

@@ -58,6 +58,7 @@ def train_scorer(
     makes the MLflow run a child of the active one (one per Optuna trial)."""
     import torch
 
+    from qualitune.config import apply_tuned
     from qualitune.evaluate import evaluate_split
     from qualitune.manifest import read_manifest
     from qualitune.scorer import Scorer, ScorerSpec, load_scored_model, save_scorer
@@ -67,6 +68,7 @@ def train_scorer(
     from qualitune.vlm.model import load_model
     from qualitune.vlm.trainable import transfer_vision, vision_weights
 
+    params = apply_tuned(params, section(params, "train").get("tuned_params"))
     mcfg = model_settings(params)
     tcfg = dict(section(params, "train"))
     settings = TrainSettings.from_params(tcfg)
