@@ -1,5 +1,8 @@
 """Correlation metrics between predicted scores and MOS (the numbers every IQA/VQA paper reports).
 
+PLCC is reported raw and after the VQEG 4-parameter logistic mapping (`logistic_fit`), which the
+IQA literature applies before PLCC/RMSE so that a monotone but non-linear scorer is not penalised.
+
 `final = (SRCC + PLCC) / 2` is the VQualA challenge's score that IOVQA reports. Items without a
 prediction (an answer that did not parse) are excluded from the correlations and counted in
 `n_missing`: a metric computed on fewer items says so.
@@ -12,6 +15,27 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+
+
+def logistic4(x, b1: float, b2: float, b3: float, b4: float):
+    """VQEG's 4-parameter logistic: (b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2."""
+    z = np.clip(-(np.asarray(x, dtype=np.float64) - b3) / max(abs(b4), 1e-12), -500, 500)
+    return (b1 - b2) / (1.0 + np.exp(z)) + b2
+
+
+def logistic_fit(pred, mos) -> np.ndarray:
+    """Fit `logistic4` from predictions to MOS (least squares, VQEG's initial guess) and return the
+    mapped predictions. A fit that fails to converge raises ValueError instead of returning junk."""
+    from scipy.optimize import curve_fit
+
+    x = np.asarray(pred, dtype=np.float64)
+    y = np.asarray(mos, dtype=np.float64)
+    p0 = [float(y.max()), float(y.min()), float(np.mean(x)), float(np.std(x)) or 1.0]
+    try:
+        params, _ = curve_fit(logistic4, x, y, p0=p0, maxfev=20000)
+    except RuntimeError as exc:
+        raise ValueError(f"logistic fit did not converge: {exc}") from exc
+    return logistic4(x, *params)
 
 
 def correlations(pred: Sequence[float | None], mos: Sequence[float]) -> dict[str, float]:
@@ -27,15 +51,30 @@ def correlations(pred: Sequence[float | None], mos: Sequence[float]) -> dict[str
     out = {"n": n, "n_missing": int((~ok).sum())}
     if n < 3 or np.ptp(p[ok]) == 0 or np.ptp(m[ok]) == 0:
         # a constant prediction has no rank correlation; report NaN rather than a made-up 0
-        out.update(srcc=math.nan, plcc=math.nan, krcc=math.nan, final=math.nan)
+        out.update(
+            srcc=math.nan,
+            plcc=math.nan,
+            plcc_logistic=math.nan,
+            rmse_logistic=math.nan,
+            krcc=math.nan,
+            final=math.nan,
+        )
         out["rmse"] = float(np.sqrt(np.mean((p[ok] - m[ok]) ** 2))) if n else math.nan
         return out
     srcc = float(stats.spearmanr(p[ok], m[ok]).statistic)
     plcc = float(stats.pearsonr(p[ok], m[ok]).statistic)
     krcc = float(stats.kendalltau(p[ok], m[ok]).statistic)
+    try:
+        fitted = logistic_fit(p[ok], m[ok])
+        plcc_log = float(stats.pearsonr(fitted, m[ok]).statistic) if np.ptp(fitted) > 0 else math.nan
+        rmse_log = float(np.sqrt(np.mean((fitted - m[ok]) ** 2)))
+    except ValueError:
+        plcc_log = rmse_log = math.nan
     out.update(
         srcc=srcc,
         plcc=plcc,
+        plcc_logistic=plcc_log,
+        rmse_logistic=rmse_log,
         krcc=krcc,
         rmse=float(np.sqrt(np.mean((p[ok] - m[ok]) ** 2))),
         final=(srcc + plcc) / 2,
@@ -43,4 +82,4 @@ def correlations(pred: Sequence[float | None], mos: Sequence[float]) -> dict[str
     return out
 
 
-__all__ = ["correlations"]
+__all__ = ["correlations", "logistic4", "logistic_fit"]
