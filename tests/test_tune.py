@@ -6,6 +6,7 @@ killed worker's stale trial is failed and replaced); every trial is an MLflow ch
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -20,10 +21,13 @@ from optuna.trial import TrialState
 from qualitune.config import apply_tuned, load_params
 from qualitune.manifest import write_manifest
 from qualitune.tune import (
+    SurplusTrial,
     TrialSeededSampler,
     TuneSettings,
+    effective_space,
     load_study,
     make_storage,
+    objective,
     parse_range_key,
     run_search,
     suggest,
@@ -63,8 +67,10 @@ def _project(tmp: Path, *, mlflow: bool = False, **tune) -> Path:
         "n_trials": N,
         "space": SPACE,
         "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0},
+        # busy CPUs stall the heartbeat thread for seconds (the GIL): a short grace would let one worker
+        # fail the other's live trial; the resume test shortens it to fail its ghost trial quickly
         "heartbeat_s": 1,
-        "grace_s": 2,
+        "grace_s": 60,
         **tune,
     }
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
@@ -89,9 +95,8 @@ def _tune_cmd(*args: str) -> list[str]:
 
 
 def test_suggest_respects_the_space():
-    settings = TuneSettings.from_params(
-        {"tune": {"space": {**SPACE, "lr": ["1e-3", "3e-2"]}}}
-    )  # YAML 1.1 strings
+    # YAML 1.1 reads 1e-3 (no dot) as a string
+    settings = TuneSettings.from_params({"tune": {"space": {**SPACE, "lr": ["1e-3", "3e-2"]}}})
     assert settings.space["lr"] == [1e-3, 3e-2]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen_r, seen_ranges, seen_epochs = set(), set(), set()
@@ -111,6 +116,9 @@ def test_suggest_respects_the_space():
         seen_epochs.add(t["epochs"])
         study.tell(trial, 0.0)
     assert seen_r == {2, 4} and len(seen_ranges) == 3 and seen_epochs == {1, 2}
+    # the LoRA rank is searched only where the recipe trains LoRA adapters
+    assert "lora_r" not in effective_space(settings.space, {"train": {"tuning": "full"}})
+    assert effective_space(settings.space, {"train": {"tuning": "warmup"}}) == settings.space
     # a key left out is not searched
     assert suggest(study.ask(), TuneSettings.from_params({"tune": {"space": {"epochs": [3, 3]}}}).space) == {
         "train": {"epochs": 3}
@@ -124,6 +132,8 @@ def test_suggest_respects_the_space():
         {"space": {"epochs": [2, 1]}},
         {"space": {"lora_r": []}},
         {"space": {"label_range": [[5, 1]]}},
+        {"space": {"label_range": [[-5, 5]]}},
+        {"timeout_s": "1h"},
         {"space": {"dropout": [0, 1]}},
         {"n_trials": -1},
         {"direction": "up"},
@@ -151,17 +161,96 @@ def test_workers_with_one_seed_do_not_draw_the_same_trials():
     assert suggest(again, space) == first
 
 
-def test_zero_trials_writes_an_empty_overlay_and_nothing_else(tmp_path, monkeypatch):
-    project = _project(tmp_path / "p", mlflow=True, n_trials=0)
+def test_zero_trials_writes_an_empty_overlay_and_nothing_else(tmp_path, monkeypatch, capsys):
+    """`n_trials: 0` (the default) keeps the DVC stage cheap: `{}` and no study, no run, no trials."""
+    from qualitune.commands import tune as tune_command
+    from qualitune.stages import tune as tune_stage
+
+    project = _project(tmp_path / "p", mlflow=True)  # n_trials N in params, overridden to 0 below
     before = {p.relative_to(project) for p in project.rglob("*")}
     monkeypatch.chdir(project)
-    params = load_params("params.yaml")
-    summary = run_search(params)
-    assert summary["written"] and summary["best"] is None
+    assert tune_command.main(["--params", "params.yaml", "--n-trials", "0"]) == 0
     assert yaml.safe_load((project / "tuned_params.yaml").read_text()) == {}
     after = {p.relative_to(project) for p in project.rglob("*")}
     assert after - before == {Path("tuned_params.yaml")}  # no optuna.db, no mlflow.db, no trials
+    params = load_params("params.yaml")
     assert apply_tuned(params, "tuned_params.yaml") == params
+
+    params["tune"]["n_trials"] = 0
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "tuned_params.yaml").unlink()
+    assert tune_stage.main(["--params", "params.yaml"]) == 0
+    assert yaml.safe_load((project / "tuned_params.yaml").read_text()) == {}
+    assert "n_trials is 0" in capsys.readouterr().out
+    params["tune"]["space"] = {"lr": [1, "x"]}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert tune_stage.main(["--params", "params.yaml"]) == 2  # a user error: message, exit 2
+    assert "tune.space.lr" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The worker loop with a stand-in for training (fast): NaN, lost and surplus trials
+
+
+def _fake_train(finals: list):
+    """A stand-in for train_scorer: reports and returns the next value of `finals` for each trial;
+    "lose" makes another worker fail the running trial first (as a stale heartbeat would)."""
+    calls: list[str] = []
+
+    def train_scorer(
+        params, *, on_epoch_end=None, out_dir=None, metrics_path=None, run_name=None, nested=False
+    ):
+        value = finals[len(calls)]
+        calls.append(run_name)
+        assert params["train"]["tuned_params"] is None and nested
+        if value == "lose":
+            storage = make_storage(TuneSettings.from_params(params))
+            other = optuna.load_study(study_name="qualitune", storage=storage)
+            (running,) = other.get_trials(states=(TrialState.RUNNING,))
+            storage.set_trial_state_values(running._trial_id, TrialState.FAIL)
+            value = 0.9
+        Path(out_dir).mkdir(parents=True)
+        on_epoch_end(0, 0, {"final": value})
+        return {"val": {"expected": {"final": value, "n": 4, "n_missing": 0, "parse_failures": 0}}}
+
+    return train_scorer, calls
+
+
+def test_nan_and_lost_trials_fail_and_are_replaced(tmp_path, monkeypatch):
+    import qualitune.stages.train as train_stage
+
+    project = tmp_path / "p"
+    project.mkdir()
+    monkeypatch.chdir(project)
+    fake, calls = _fake_train([float("nan"), "lose", 0.25, 0.5])
+    monkeypatch.setattr(train_stage, "train_scorer", fake)
+    params = {
+        "train": {"tuning": "lora", "lr": 0.1, "tuned_params": "tuned_params.yaml"},
+        "mlflow": {"enabled": False},
+        "tune": {"n_trials": 2, "space": SPACE, "pruner": None},
+    }
+    summary = run_search(params)
+    trials = _study(project).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    assert math.isnan(trials[0].intermediate_values[0]) and trials[0].value is None  # NaN is never a number
+    assert "NaN" in trials[0].user_attrs["fail_reason"]
+    assert calls == [f"trial-{i}" for i in range(4)]
+    assert summary["complete"] == 2 and summary["failed"] == 2 and summary["best"]["number"] == 3
+    assert sorted(p.name for p in (project / "models/trials").iterdir()) == ["trial-3"]
+    assert apply_tuned(params, "tuned_params.yaml")["train"]["lr"] == pytest.approx(trials[3].params["lr"])
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() outside optimize
+def test_a_trial_beyond_n_trials_gives_itself_up(tmp_path, monkeypatch):
+    """Two workers asking at the same moment can create trial N+1; it must not train or count."""
+    monkeypatch.chdir(tmp_path)
+    settings = TuneSettings.from_params({"tune": {"n_trials": 2, "space": SPACE}})
+    study = load_study(settings)
+    study.ask(), study.ask()  # two trials running in other workers
+    obj = objective({"train": {}, "mlflow": {"enabled": False}}, settings)
+    study.optimize(obj, n_trials=1, catch=(SurplusTrial,))
+    (surplus,) = study.get_trials(states=(TrialState.FAIL,))
+    assert surplus.number == 2 and surplus.user_attrs == {"surplus": True} and not surplus.params
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,10 +343,12 @@ def test_every_trial_is_a_child_run_of_its_workers_tune_run(two_workers):
     assert "val.expected.final" in child.data.metrics and "epoch_val.final" in child.data.metrics
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() outside optimize
 def test_a_study_resumes_and_a_killed_workers_trial_is_replaced(two_workers, monkeypatch):
     project, _, _ = two_workers
     monkeypatch.chdir(project)
     params = load_params("params.yaml")
+    params["tune"]["grace_s"] = 2
     settings = TuneSettings.from_params(params)
     # a worker killed mid-trial: its trial stays RUNNING, its heartbeat goes stale
     study = load_study(settings)
@@ -274,8 +365,10 @@ def test_a_study_resumes_and_a_killed_workers_trial_is_replaced(two_workers, mon
     assert summary["complete"] + summary["pruned"] == N + 1 and summary["running"] == 0
     (new,) = [t for t in trials if t.number > ghost.number and t.state in FINISHED]
     runs = _runs(project)
-    (parent,) = [r for r in runs if r.data.tags.get("worker") == new.user_attrs["worker"]]
-    assert [r.info.run_name for r in _children(runs, parent)] == [f"trial-{new.number}"]
+    worker = new.user_attrs["worker"]
+    (parent,) = [r for r in runs if r.data.tags.get("worker") == worker]
+    mine = [f"trial-{t.number}" for t in trials if t.user_attrs.get("worker") == worker]  # + any NaN one
+    assert sorted(r.info.run_name for r in _children(runs, parent)) == sorted(mine)
     # run again with the same target: nothing to do
     assert run_search(params)["complete"] == summary["complete"]
     assert len(_study(project).get_trials()) == len(trials)

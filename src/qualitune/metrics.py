@@ -31,8 +31,14 @@ def logistic_fit(pred, mos) -> np.ndarray:
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(mos, dtype=np.float64)
     p0 = [float(y.max()), float(y.min()), float(np.mean(x)), float(np.std(x)) or 1.0]
+    import warnings
+
+    from scipy.optimize import OptimizeWarning
+
     try:
-        params, _ = curve_fit(logistic4, x, y, p0=p0, maxfev=20000)
+        with warnings.catch_warnings():  # "covariance could not be estimated": we only use the fit
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(logistic4, x, y, p0=p0, maxfev=20000)
     except RuntimeError as exc:
         raise ValueError(f"logistic fit did not converge: {exc}") from exc
     return logistic4(x, *params)

@@ -5,7 +5,8 @@
 copies the file into the model and executes it on load, where ``mlflow.models.set_model`` hands it
 the model object; nothing is pickled. The environment that loads it needs ``qualitune`` installed.
 
-Input: a DataFrame with a column ``image`` holding base64-encoded file bytes (an image, or an MP4/MOV,
+Input: a DataFrame (the annotation tells MLflow not to infer a signature from type hints: the logged
+signature is explicit) with a column ``image`` holding base64-encoded file bytes (an image, or an MP4/MOV,
 Matroska/WebM or AVI video); files are decoded in memory, never read from server-side paths.
 Params: ``mode`` (``expected``, the default, or ``greedy``) and ``batch_size`` (default 8).
 Output: one dict per row with ``score`` (on the scorer's label scale), ``score_1_5``, ``levels``
@@ -16,6 +17,8 @@ does not decode gets ``score: None`` and the reason, and the other rows are stil
 from __future__ import annotations
 
 from typing import Any
+
+import pandas as pd
 
 from qualitune.tracking import _import_mlflow
 
@@ -35,7 +38,7 @@ class QualituneScorerModel(mlflow.pyfunc.PythonModel):
         device = "cuda" if torch.cuda.is_available() else None
         self.scorer = Scorer.load(context.artifacts["scorer"], device=device)
 
-    def predict(self, context, model_input, params=None) -> list[dict[str, Any]]:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[dict[str, Any]]:
         from qualitune.registry import input_values, score_encoded
 
         if self.scorer is None:

@@ -432,7 +432,11 @@ def log_and_register(
             client.set_registered_model_alias(name, CHAMPION, version)
             reason = f"{who} ({settings.mode} mode, {len(val_df)} val items): {why}; v{version} promoted to champion"
         else:
-            stays = f"champion v{champion_version} unchanged" if champion_version else "no champion set"
+            stays = (
+                f"champion v{champion_version} (final {champion_final:.4f}) unchanged"
+                if champion_version
+                else "no champion set"
+            )
             reason = f"{who} ({settings.mode} mode, {len(val_df)} val items): {why}; not promoted, {stays}"
         decision = Decision(
             model_name=name,
@@ -588,10 +592,12 @@ def download_scorer(uri: str, *, tracking_uri: str | None = None) -> Path:
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-        latest = rm.latest_versions or []
+        try:
+            known = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        except MlflowException:
+            known = []
         raise ValueError(
-            f"registered model {name!r} has no version {version}; "
-            f"versions: {sorted(int(v.version) for v in latest) or 'none'} (latest per stage)"
+            f"registered model {name!r} has no version {version}; versions: {known or 'none'}"
         ) from exc
 
     key = hashlib.sha256(

@@ -55,7 +55,7 @@ MAX_METRICS_PER_BATCH = 1000
 # Schemes accepted for `mlflow.tracking_uri` (database engines may carry a driver: postgresql+psycopg2://).
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _HTTP_SCHEMES = ("http", "https")
-_KNOWN_KEYS = ("tracking_uri", "experiment", "enabled", "artifact_location")
+_KNOWN_KEYS = ("tracking_uri", "experiment", "enabled", "artifact_location", "model_name")
 _URI_HELP = (
     "use sqlite:///relative/or/absolute.db (sqlite:////abs/path.db for an absolute path), "
     "postgresql://user@host/db, mysql://user@host/db, http(s)://host:port or file:/path/to/mlruns"

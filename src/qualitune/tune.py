@@ -9,7 +9,7 @@ Settings are the ``tune`` section of ``params.yaml``::
       space:
         lr: [1.0e-4, 1.0e-2]       # log-uniform
         epochs: [1, 4]             # int
-        lora_r: [8, 16, 32]        # categorical; alpha follows as 2 * r
+        lora_r: [8, 16, 32]        # categorical; alpha = 2 * r; only with train.tuning lora/warmup
         label_range: [[1, 5], [10, 50], [0, 100]]
 
 Each trial deep-merges its suggestions into params and runs :func:`qualitune.stages.train.train_scorer`,
@@ -131,9 +131,12 @@ class TuneSettings:
             if key in raw:
                 kw[key] = _int(raw[key], f"{SECTION}.{key}", minimum)
         if raw.get("timeout_s") is not None:
-            kw["timeout_s"] = float(raw["timeout_s"])
-            if kw["timeout_s"] <= 0:
-                raise ValueError(f"{SECTION}.timeout_s must be > 0 (or null for no limit)")
+            timeout = raw["timeout_s"]
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+                raise ValueError(
+                    f"{SECTION}.timeout_s must be seconds > 0 (or null for no limit), got {timeout!r}"
+                )
+            kw["timeout_s"] = float(timeout)
         if "seed" in raw:
             kw["seed"] = None if raw["seed"] is None else _int(raw["seed"], f"{SECTION}.seed", 0)
         if "direction" in raw:
@@ -223,8 +226,8 @@ def _normalise_space(raw: Any) -> dict[str, Any]:
         ranges = []
         for c in choices:
             lo, hi = _pair(c, "label_range[]", int)
-            if not lo < hi:
-                raise ValueError(f"{SECTION}.space.label_range: {c!r} needs lo < hi")
+            if not 0 <= lo < hi:
+                raise ValueError(f"{SECTION}.space.label_range: {c!r} needs 0 <= lo < hi")
             ranges.append([lo, hi])
         if len({tuple(r) for r in ranges}) != len(ranges):
             raise ValueError(f"{SECTION}.space.label_range has duplicates: {ranges}")
@@ -288,6 +291,18 @@ def overlay_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return {"train": train}
 
 
+LORA_TUNINGS = ("lora", "warmup")  # train.tuning values that train LoRA adapters (qualitune.vlm.trainable)
+
+
+def effective_space(space: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``space`` without ``lora_r`` when ``train.tuning`` trains no LoRA (the rank would change nothing)."""
+    tuning = (params.get("train") or {}).get("tuning", "lora")
+    if "lora_r" in space and tuning not in LORA_TUNINGS:
+        log.info("train.tuning is %r (no LoRA): tune.space.lora_r is not searched", tuning)
+        return {k: v for k, v in space.items() if k != "lora_r"}
+    return dict(space)
+
+
 class SurplusTrial(Exception):
     """A trial created after ``n_trials`` others were already finished or running (a worker race)."""
 
@@ -300,21 +315,30 @@ def trial_dir(settings: TuneSettings, number: int) -> Path:
     return Path(settings.trials_dir) / f"{TRIAL_PREFIX}{number}"
 
 
-def objective(
-    params: dict[str, Any], settings: TuneSettings | None = None
-) -> Callable[[optuna.Trial], float]:
+class LostTrial(Exception):
+    """Another worker failed this worker's running trial (its heartbeat looked stale): abandon it."""
+
+
+class Objective:
     """The Optuna objective: one train-stage run of ``params`` with the trial's suggestions merged in.
 
     Reports the validation ``final`` after every epoch (step = epoch index over all phases) and
     raises ``optuna.TrialPruned`` when the pruner stops the run. Returns the final validation
     ``final``; a NaN (constant predictions: correlations undefined) is returned as NaN, which Optuna
-    records as a FAILED trial -- it is never replaced by a number.
+    records as a FAILED trial -- it is never replaced by a number. ``lost`` is the number of a trial
+    that another worker failed while this one ran it (see :func:`run_search`).
     """
-    from qualitune.stages.train import train_scorer
 
-    settings = settings or TuneSettings.from_params(params)
+    def __init__(self, params: dict[str, Any], settings: TuneSettings | None = None) -> None:
+        self.params = params
+        self.settings = settings or TuneSettings.from_params(params)
+        self.space = effective_space(self.settings.space, params)
+        self.lost: int | None = None
 
-    def run(trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float:
+        from qualitune.stages.train import train_scorer
+
+        settings = self.settings
         below = [t for t in trial.study.get_trials(deepcopy=False, states=_LIVE) if t.number < trial.number]
         if settings.n_trials and len(below) >= settings.n_trials:
             trial.set_user_attr("surplus", True)
@@ -322,13 +346,13 @@ def objective(
             raise SurplusTrial(
                 f"trial {trial.number}: {len(below)} trials below it are finished or running already"
             )
-        overlay = suggest(trial, settings.space)
+        overlay = suggest(trial, self.space)
         trial.set_user_attr("overlay", overlay)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         out_dir = trial_dir(settings, trial.number)
         if out_dir.exists():  # a leftover of an earlier study of the same name: never another live trial's
             shutil.rmtree(out_dir)
-        trial_params = deep_merge(params, overlay)
+        trial_params = deep_merge(self.params, overlay)
         # the trial's own values must win: no earlier best overlaid on top, no resume from another trial
         trial_params["train"] = {
             **trial_params["train"],
@@ -336,11 +360,15 @@ def objective(
             "checkpoint_dir": str(out_dir / "checkpoints"),
         }
         step = 0
-        pruned = False
+        pruned = lost = False
 
         def on_epoch_end(phase: int, epoch: int, metrics: dict[str, Any]) -> bool:
-            nonlocal step, pruned
-            trial.report(float(metrics["final"]), step=step)
+            nonlocal step, pruned, lost
+            try:
+                trial.report(float(metrics["final"]), step=step)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                lost = True
+                return True
             step += 1
             pruned = trial.should_prune()
             return pruned
@@ -354,6 +382,11 @@ def objective(
             run_name=f"trial-{trial.number}",
             nested=True,
         )
+        if lost or trial.number in {
+            t.number for t in trial.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        }:
+            self.lost = trial.number
+            raise LostTrial(f"trial {trial.number} was failed by another worker while this one ran it")
         if pruned:
             raise optuna.TrialPruned(f"pruned after {step} epoch(s)")
         value = float(metrics["val"]["expected"]["final"])
@@ -367,7 +400,10 @@ def objective(
             log.warning("trial %d failed: %s", trial.number, reason)
         return value
 
-    return run
+
+def objective(params: dict[str, Any], settings: TuneSettings | None = None) -> Objective:
+    """The objective for ``study.optimize`` (see :class:`Objective`)."""
+    return Objective(params, settings)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -523,6 +559,48 @@ def prune_trial_dirs(settings: TuneSettings, study: optuna.Study) -> list[Path]:
     return removed
 
 
+def _optimize(
+    study: optuna.Study,
+    obj: Objective,
+    settings: TuneSettings,
+    catch: tuple[type[Exception], ...],
+    after_trial: Callable[[optuna.Study, FrozenTrial], None],
+) -> None:
+    """``study.optimize`` until the study has ``n_trials``, going on when a trial of this worker was lost.
+
+    A worker that stalls longer than ``grace_s`` (or loses the database for that long) finds its
+    running trial failed by another worker, which replaces it; Optuna then refuses the trial's result
+    (``Cannot tell a FAIL trial``). That trial is abandoned and this worker continues with a new one.
+    """
+    start = time.monotonic()
+    while True:
+        timeout = None
+        if settings.timeout_s is not None:
+            timeout = settings.timeout_s - (time.monotonic() - start)
+            if timeout <= 0:
+                return
+        obj.lost = None
+        try:
+            study.optimize(
+                obj,
+                timeout=timeout,
+                catch=catch,
+                # finished + running: a worker does not start a trial that another one is running already
+                callbacks=[MaxTrialsCallback(settings.n_trials, states=_LIVE), after_trial],
+                gc_after_trial=True,
+            )
+            return
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            if obj.lost is None:
+                raise
+            log.warning(
+                "trial %d was failed by another worker: its heartbeat was older than tune.grace_s (%d s); "
+                "this worker stalled or lost the storage that long. Going on with a new trial.",
+                obj.lost,
+                settings.grace_s,
+            )
+
+
 @contextlib.contextmanager
 def _sqlite_lock(uri: str | None) -> Iterator[None]:
     """Hold an exclusive lock on ``<db>.lock`` while opening a run in the sqlite MLflow store ``uri``.
@@ -568,7 +646,9 @@ def run_search(params: dict[str, Any], settings: TuneSettings | None = None) -> 
     from qualitune.tracking import log_artifacts, log_metrics, start_run, tracking_settings
 
     study = load_study(settings)
-    optuna.storages.fail_stale_trials(study)  # a killed worker's trial, once its heartbeat is stale
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a killed worker's trial, once its heartbeat is stale
     live = study.get_trials(deepcopy=False, states=_LIVE)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     log.info(
@@ -609,14 +689,7 @@ def run_search(params: dict[str, Any], settings: TuneSettings | None = None) -> 
                 )
             )
         if len(live) < settings.n_trials:
-            study.optimize(
-                objective(params, settings),
-                timeout=settings.timeout_s,
-                catch=catch,
-                # finished + running: a worker does not start a trial that another one is running already
-                callbacks=[MaxTrialsCallback(settings.n_trials, states=_LIVE), after_trial],
-                gc_after_trial=True,
-            )
+            _optimize(study, objective(params, settings), settings, catch, after_trial)
         counts = _counts(study)
         best = best_trial(study)
         summary: dict[str, Any] = {
@@ -670,10 +743,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 __all__ = [
     "DEFAULT_SPACE",
     "PrunerSettings",
+    "LostTrial",
+    "Objective",
     "SurplusTrial",
     "TrialSeededSampler",
     "TuneSettings",
     "best_trial",
+    "effective_space",
     "format_summary",
     "load_study",
     "objective",

@@ -149,6 +149,11 @@ def _cache_key(path: Path) -> str:
     return f"qwen25vl-tokenizer-v{_BUILD_VERSION}-{digest}"
 
 
+_LOADED: dict[str, PreTrainedTokenizerBase] = {}
+"""Offline tokenizers already parsed in this process (parsing the 150k-token JSON takes ~2 s; every
+scorer load would pay it). The instance is shared: treat it as read-only."""
+
+
 def load_qwen_tokenizer(
     name_or_path: str | Path | None = None, *, cache_dir: str | Path | None = None
 ) -> PreTrainedTokenizerBase:
@@ -165,10 +170,15 @@ def load_qwen_tokenizer(
     source = qwen_tiktoken_path()
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = target / _cache_key(source)
+    if str(target) in _LOADED:
+        return _LOADED[str(target)]
     if (target / "tokenizer.json").is_file():
         tok = AutoTokenizer.from_pretrained(str(target), trust_remote_code=False)
         if not tok.chat_template:
             tok.chat_template = QWEN25_VL_CHAT_TEMPLATE
+        if tok.pad_token_id is None:
+            tok.pad_token = "<|endoftext|>"
+        _LOADED[str(target)] = tok
         return tok
     tok = build_qwen_tokenizer(source)
     target.parent.mkdir(parents=True, exist_ok=True)
