@@ -13,7 +13,18 @@ import logging
 import sys
 
 # Module names under qualitune.commands, in the order `--help` lists them.
-COMMANDS = ("build_demo", "ingest", "validate", "labels", "annotate", "pmod", "train", "score", "tune", "register")
+COMMANDS = (
+    "build_demo",
+    "ingest",
+    "validate",
+    "labels",
+    "annotate",
+    "pmod",
+    "train",
+    "score",
+    "tune",
+    "register",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
