@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,19 @@ def apply_tuned(params: dict[str, Any], path: str | Path | None) -> dict[str, An
     if bad:
         raise ValueError(f"{path} overrides sections {bad}; only {list(TUNABLE_SECTIONS)} may be tuned")
     return deep_merge(params, tuned)
+
+
+def checked_section(params: Mapping[str, Any], name: str, known: Sequence[str]) -> Mapping[str, Any]:
+    """An optional params section (absent = `{}`) whose keys must all be in `known`.
+
+    Unknown keys are errors, not ignored: a typo such as `n_trails` must not silently fall back to
+    a default."""
+    raw = params.get(name)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"params section {name!r} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key(s) in params section {name!r}: {unknown}; known: {list(known)}")
+    return raw

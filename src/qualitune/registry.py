@@ -121,16 +121,9 @@ class RegisterSettings:
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> RegisterSettings:
         """Read ``register`` (optional: defaults) and ``mlflow.model_name`` from the params mapping."""
-        raw = params.get(SECTION)
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"params section {SECTION!r} must be a mapping, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(_KNOWN_KEYS))
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) in params section {SECTION!r}: {unknown}; known: {list(_KNOWN_KEYS)}"
-            )
+        from qualitune.config import checked_section
+
+        raw = checked_section(params, SECTION, _KNOWN_KEYS)
         mlf = params.get("mlflow") or {}
         name = mlf.get("model_name", DEFAULT_MODEL_NAME) if isinstance(mlf, Mapping) else DEFAULT_MODEL_NAME
         kwargs = {k: raw[k] for k in _KNOWN_KEYS if k in raw and raw[k] is not None}
@@ -758,14 +751,7 @@ def score_encoded(
             continue
         results[i]["media"] = kind
         ok.append((i, item, kind))
-    report = ParseReport()
-    for start in range(0, len(ok), batch_size):
-        chunk = ok[start : start + batch_size]
-        scores, descriptions = scorer.score_items(
-            [c[1] for c in chunk], [c[2] for c in chunk], mode=mode, report=report, index_offset=start
-        )
-        for (i, _, _), sc, desc in zip(chunk, scores, descriptions, strict=True):
-            results[i].update(scorer._result(sc, desc, mode))
+    scorer.score_into(results, ok, mode=mode, batch_size=batch_size, report=ParseReport())
     return results
 
 

@@ -267,6 +267,23 @@ class Scorer:
             except (MediaError, OSError, ValueError) as exc:
                 results[i].update(score=None, error=str(exc))
                 n_errors += 1
+        self.score_into(results, ok, mode=mode, batch_size=batch_size, report=report)
+        # report indices refer to scored items; map them back to paths for the failure list
+        for k, (idx, raw) in enumerate(report.failures):
+            report.failures[k] = (ok[idx][0], raw)
+        return ScoreRun(results, report, n_errors)
+
+    def score_into(
+        self,
+        results: list[dict[str, Any]],
+        ok: Sequence[tuple[int, Any, str]],
+        *,
+        mode: str,
+        batch_size: int,
+        report: ParseReport,
+    ) -> None:
+        """Score decoded items `(result index, media, kind)` in batches, updating `results` in place
+        (shared by file scoring and the pyfunc's bytes scoring)."""
         for start in range(0, len(ok), batch_size):
             chunk = ok[start : start + batch_size]
             scores, descriptions = self.score_items(
@@ -274,10 +291,6 @@ class Scorer:
             )
             for (i, _, _), sc, desc in zip(chunk, scores, descriptions, strict=True):
                 results[i].update(self._result(sc, desc, mode))
-        # report indices refer to scored items; map them back to paths for the failure list
-        for k, (idx, raw) in enumerate(report.failures):
-            report.failures[k] = (ok[idx][0], raw)
-        return ScoreRun(results, report, n_errors)
 
     def _result(self, sc: ItemScore, description: str | None, mode: str) -> dict[str, Any]:
         out: dict[str, Any] = {

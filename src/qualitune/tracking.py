@@ -82,16 +82,9 @@ def tracking_settings(params: Mapping[str, Any]) -> TrackingSettings:
     A missing section means the defaults. Relative sqlite paths are made absolute against the current
     working directory, so the settings stay valid if the process changes directory later.
     """
-    raw = params.get(SECTION)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"params section {SECTION!r} must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_KNOWN_KEYS))
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) in params section {SECTION!r}: {unknown}; known: {list(_KNOWN_KEYS)}"
-        )
+    from qualitune.config import checked_section
+
+    raw = checked_section(params, SECTION, _KNOWN_KEYS)
 
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):

@@ -111,15 +111,9 @@ class TuneSettings:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TuneSettings:
-        raw = params.get(SECTION)
-        raw = {} if raw is None else raw
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"params section {SECTION!r} must be a mapping, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(_KNOWN_KEYS))
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) in params section {SECTION!r}: {unknown}; known: {list(_KNOWN_KEYS)}"
-            )
+        from qualitune.config import checked_section
+
+        raw = checked_section(params, SECTION, _KNOWN_KEYS)
         kw: dict[str, Any] = {}
         for key in ("storage", "study_name", "out", "trials_dir"):
             if key in raw:
