@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pandas as pd
 import yaml
 
 from test_train_stage import _project
+from vlm_factory import run_stages_in
 
 
 def test_evaluate_stage_writes_metrics_plots_and_analyses(tmp_path):
@@ -24,13 +24,7 @@ def test_evaluate_stage_writes_metrics_plots_and_analyses(tmp_path):
     params["evaluate"]["attention"]["sample"] = 3
     params["mlflow"]["enabled"] = False
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        assert train_stage.main(["--params", "params.yaml"]) == 0
-        assert evaluate_stage.main(["--params", "params.yaml"]) == 0
-    finally:
-        os.chdir(cwd)
+    run_stages_in(project, train_stage, evaluate_stage)
     m = json.loads((project / params["evaluate"]["metrics"]).read_text())
     for split, n in (("val", 8), ("train", 16)):
         for mode in ("expected", "greedy"):

@@ -36,6 +36,7 @@ from qualitune.registry import (
     resolve_tracking_uri,
     sniff_video_suffix,
 )
+from vlm_factory import write_flat_or_noisy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,20 +234,13 @@ MANIFEST_COLUMNS = {"mos_std": 0.5, "dataset": "test", "scale_min": 1.0, "scale_
 def _media(folder: Path) -> tuple[list[dict], list[dict]]:
     """Train and val rows of flat (MOS 5) and noisy (MOS 1) PNGs, drawn as in test_training's
     `test_the_pixels_reach_the_answer`, whose recipe is known to separate them."""
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
 
     def row(kind: str, i: int, split: str) -> dict:
-        if kind == "noisy":
-            arr = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        else:
-            arr = np.full((64, 64, 3), rng.integers(40, 200, 3), dtype=np.uint8)
-        path = folder / f"{kind}{i}.png"
-        Image.fromarray(arr).save(path)
+        path = write_flat_or_noisy(folder / f"{kind}{i}.png", kind, rng)
         mos = 5.0 if kind == "flat" else 1.0
-        return {"item_id": f"{kind}{i}", "path": str(path), "media": "image", "mos_norm": mos, "split": split}
+        return {"item_id": f"{kind}{i}", "path": path, "media": "image", "mos_norm": mos, "split": split}
 
     train = [row(k, i, "train") for i in range(8) for k in ("flat", "noisy")]
     val = [row("flat", 100 + i, "val") for i in range(4)] + [row("noisy", 100 + i, "val") for i in range(4)]

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from qualitune.manifest import write_manifest
-from vlm_factory import training_frame
+from vlm_factory import run_stages_in, training_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,12 +103,7 @@ def trained(tmp_path_factory) -> Path:
     from qualitune.stages import train as train_stage
 
     project = _project(tmp_path_factory.mktemp("proj"), tuning="full", lr=2e-3, epochs=2, checkpoint_every=0)
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        assert train_stage.main(["--params", "params.yaml"]) == 0
-    finally:
-        os.chdir(cwd)
+    run_stages_in(project, train_stage)
     return project
 
 
@@ -203,12 +198,7 @@ def test_zero_shot_transfer_of_a_trained_vision_encoder(trained, tmp_path):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["model"].update(seed=5, init_vision_from=str(trained / "models/scorer"))
     (project / "params.yaml").write_text(yaml.safe_dump(params))
-    cwd = os.getcwd()
-    os.chdir(project)
-    try:
-        assert train_stage.main(["--params", "params.yaml"]) == 0
-    finally:
-        os.chdir(cwd)
+    run_stages_in(project, train_stage)
     source, _, _ = load_scored_model(trained / "models/scorer")
     moved, _, spec = load_scored_model(project / "models/scorer")
     own, _ = load_model(TINY_NAME, seed=5)

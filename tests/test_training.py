@@ -20,7 +20,7 @@ from qualitune.vlm.losses import LossConfig, answer_losses, focal_cross_entropy,
 from qualitune.vlm.model import TINY_NAME, load_model
 from qualitune.vlm.tasks import AnswerFormat, compare_examples, score_examples
 from qualitune.vlm.trainable import LoraSettings, transfer_vision
-from vlm_factory import training_frame
+from vlm_factory import training_frame, write_flat_or_noisy
 
 PROC = make_image_processor(56 * 56, 84 * 84)
 
@@ -212,20 +212,12 @@ def test_training_is_deterministic_for_a_seed(frame):
 def test_the_pixels_reach_the_answer(tmp_path):
     """Trained on flat vs noisy images (MOS 5 vs 1), unseen images of each kind score apart: the
     answer depends on the image through the vision tower and projector, not on the prompt alone."""
-    from PIL import Image
-
     from qualitune.scorer import Scorer, ScorerSpec
 
     rng = np.random.default_rng(0)
 
     def write(kind: str, i: int) -> str:
-        if kind == "noisy":
-            arr = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        else:
-            arr = np.full((64, 64, 3), rng.integers(40, 200, 3), dtype=np.uint8)
-        path = tmp_path / f"{kind}{i}.png"
-        Image.fromarray(arr).save(path)
-        return str(path)
+        return write_flat_or_noisy(tmp_path / f"{kind}{i}.png", kind, rng)
 
     rows = [
         {"item_id": f"{k}{i}", "path": write(k, i), "media": "image", "mos_norm": 5.0 if k == "flat" else 1.0}

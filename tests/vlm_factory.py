@@ -38,3 +38,30 @@ def training_frame(root: Path, n: int = 16, splits: tuple[str, ...] = ("train",)
             }
         )
     return pd.DataFrame(rows)
+
+
+def write_flat_or_noisy(path: Path, kind: str, rng: np.random.Generator) -> str:
+    """A 64x64 PNG that is one flat colour ("flat", MOS 5 in tests) or uniform noise ("noisy", MOS 1):
+    two kinds the tiny model learns to tell apart in seconds. Draws from `rng` in call order."""
+    from PIL import Image
+
+    if kind == "noisy":
+        arr = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    else:
+        arr = np.full((64, 64, 3), rng.integers(40, 200, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return str(path)
+
+
+def run_stages_in(project: Path, *stages) -> None:
+    """Run stage modules' `main` with the project's params.yaml, from inside the project folder
+    (every path in params is relative to the project root)."""
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        for stage in stages:
+            assert stage.main(["--params", "params.yaml"]) == 0, stage.__name__
+    finally:
+        os.chdir(cwd)

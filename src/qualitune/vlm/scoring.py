@@ -7,10 +7,11 @@ Three scorers read the same `encode_batch` output (left-padded, explicit attenti
 - `expected_scores`: the probability of every integer in [lo, hi] under Qwen's digit-by-digit
   tokenisation, without a generate loop. One forward pass gives P(first digit); the digit strings
   of the range form a trie, and each internal node (a digit prefix with continuations, e.g. "1".."5"
-  for [10, 50]) costs one batched step on the cached prefix (the KV cache is cropped back after
-  each step, so no copy of it is made). p(k) = product of its digit probabilities, times
-  P(end of answer) when k's digits are also the prefix of another valid integer (e.g. "1" vs "10"
-  in [0, 100]); for prefix-free ranges such as [10, 50] the end token is not queried.
+  for [10, 50]) is evaluated in one further forward over the cached prefix, all nodes side by side
+  under a tree-shaped attention mask (the KV cache is cropped back afterwards, never copied).
+  p(k) = product of its digit probabilities, times P(end of answer) when k's digits are also the
+  prefix of another valid integer (e.g. "1" vs "10" in [0, 100]); for prefix-free
+  ranges such as [10, 50] the end token is not queried.
 - `level_scores`: Q-Align style softmax restricted to the five level words at the answer position.
 
 Invalid probability mass (tokens that are not a valid continuation: letters, other digits,
@@ -115,25 +116,6 @@ def _prefix_forward(model, batch):
     return logprobs, inputs, positions, out.past_key_values
 
 
-def _step_logprobs(model, cache, mask, next_pos, tokens: list[int]) -> torch.Tensor:
-    """Log-probs after appending `tokens` to every row's cached prefix; the cache is restored."""
-    b = mask.shape[0]
-    n = len(tokens)
-    ids = torch.tensor(tokens, dtype=torch.long, device=mask.device).expand(b, n)
-    pos = (next_pos.unsqueeze(1) + torch.arange(n, device=mask.device)).unsqueeze(0).expand(3, -1, -1)
-    full_mask = torch.cat([mask, torch.ones((b, n), dtype=mask.dtype, device=mask.device)], dim=1)
-    out = model(
-        input_ids=ids,
-        attention_mask=full_mask,
-        position_ids=pos,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache.crop(-n)  # negative: remove the n tokens just appended (all transformers versions)
-    return torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-
-
 def _tree_logprobs(
     model, cache, mask, next_pos, nodes: set[tuple[int, ...]]
 ) -> dict[tuple[int, ...], torch.Tensor]:
@@ -203,8 +185,8 @@ def candidate_distribution(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Probabilities `(B, len(candidates))` of each answer text and the invalid mass `(B,)`.
 
-    The candidates' token sequences form a trie; each internal node (a proper prefix some candidate
-    extends) costs one cached step that feeds its tokens after the prompt and crops them off again.
+    The candidates' token sequences form a trie; every internal node (a proper prefix some candidate
+    extends) is evaluated in one tree-attention forward over the cached prompt (`_tree_logprobs`).
     A candidate that is itself an internal node (e.g. "1" when "10" is valid) must also end there:
     its probability is multiplied by P(first token of `end_text`, or any end-of-turn token).
     """
@@ -247,14 +229,6 @@ def integer_distribution(
     return candidate_distribution(model, tokenizer, batch, [str(k) for k in range(lo, hi + 1)])
 
 
-def _levels_from_integers(probs: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    bins = torch.tensor([level_index(k, lo, hi) for k in range(lo, hi + 1)])
-    out = torch.zeros((probs.shape[0], 5), dtype=probs.dtype)
-    out.index_add_(1, bins, probs)
-    return out / out.sum(dim=1, keepdim=True).clamp(min=1e-300)
-
-
-@torch.no_grad()
 def expected_scores(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -262,19 +236,10 @@ def expected_scores(
     lo: int,
     hi: int,
 ) -> list[ItemScore]:
-    """Expected integer label per item: sum p(k) k / sum p(k) over k in [lo, hi] (see module doc)."""
-    probs, invalid = integer_distribution(model, tokenizer, batch, lo, hi)
-    ks = torch.arange(lo, hi + 1, dtype=torch.float64)
-    total = probs.sum(dim=1)
-    levels = _levels_from_integers(probs, lo, hi)
-    results = []
-    for i in range(probs.shape[0]):
-        if float(total[i]) <= 0.0:  # all mass underflowed: nothing valid to average, record the failure
-            results.append(ItemScore(None, None, parse_ok=False, invalid_mass=1.0))
-            continue
-        score = float((probs[i] * ks).sum() / total[i])
-        results.append(ItemScore(score, levels[i].tolist(), parse_ok=True, invalid_mass=float(invalid[i])))
-    return results
+    """Expected integer label per item: sum p(k) k / sum p(k) over k in [lo, hi] (see module doc);
+    `format_scores` in expected mode for the integer format."""
+    _check_range(lo, hi)
+    return format_scores(model, tokenizer, batch, AnswerFormat("integer", lo, hi), "expected")
 
 
 def level_token_ids(tokenizer: PreTrainedTokenizerBase, leading_space: bool = True) -> list[int]:
