@@ -40,6 +40,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/annotate_throughput.py --quick
 	$(PY) benchmarks/score_throughput.py --quick --device cpu
+	$(PY) benchmarks/train_throughput.py --quick --device cpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests flows benchmarks

@@ -68,7 +68,9 @@ def make_images(n: int, size: int, seed: int = SEED) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
 
 
-def build_from_config(path: Path, dtype: torch.dtype, device: str, seed: int):
+def build_from_config(
+    path: Path, dtype: torch.dtype, device: str, seed: int, attn_implementation: str = "sdpa"
+):
     """The architecture in a config JSON with seeded random weights, built directly on `device`.
 
     Building under `torch.device("cuda")` allocates (and initialises) every parameter on the GPU in
@@ -83,7 +85,7 @@ def build_from_config(path: Path, dtype: torch.dtype, device: str, seed: int):
     cls = model_class_for(config)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
-        model = cls._from_config(config, attn_implementation="sdpa", dtype=dtype)
+        model = cls._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     tokenizer = load_qwen_tokenizer(None)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = "<|endoftext|>"
@@ -149,6 +151,12 @@ def to_device(batch: dict[str, torch.Tensor], device: str, dtype: torch.dtype) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, one per core); 1 is steadier on a loaded shared machine",
+    )
     ap.add_argument("--quick", action="store_true", help="16 items, 2 passes (CPU smoke run)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--n-items", type=int, default=None, help="items per pass (default 64, quick 16)")
@@ -163,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hi", type=int, default=50)
     ap.add_argument("--max-new-tokens", type=int, default=4, help="generate() budget of the baseline")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False")

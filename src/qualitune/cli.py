@@ -24,6 +24,8 @@ COMMANDS = (
     "score",
     "tune",
     "register",
+    "serve",
+    "schedule",
 )
 
 

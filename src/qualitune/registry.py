@@ -601,22 +601,33 @@ def download_scorer(uri: str, *, tracking_uri: str | None = None) -> Path:
     if target.is_dir():
         log.debug("registry cache hit: %s -> %s", uri, target)
         return target
+    _fetch_scorer(
+        f"models:/{name}/{mv.version}", target, tracking_uri=tracking_uri, registry_uri=registry_uri
+    )
+    log.info("downloaded %s (v%s) to %s", uri, mv.version, target)
+    return target
 
+
+def _fetch_scorer(artifact_uri: str, target: Path, *, tracking_uri: str, registry_uri: str) -> None:
+    """Download an MLflow model and move its scorer artifact to ``target`` (staged, then renamed, so a
+    killed download never leaves a half-written cache entry)."""
+    from qualitune.scorer import ScorerSpec
+    from qualitune.tracking import _import_mlflow
+
+    mlflow = _import_mlflow()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         with _quiet_mlflow():
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{mv.version}",
+                    artifact_uri=artifact_uri,
                     dst_path=str(staging),
                     tracking_uri=tracking_uri,
                     registry_uri=registry_uri,
                 )
             )
         src = local / _scorer_subpath(local)
-        from qualitune.scorer import ScorerSpec
-
         ScorerSpec.read(src)
         try:
             src.rename(target)
@@ -625,7 +636,43 @@ def download_scorer(uri: str, *, tracking_uri: str | None = None) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("downloaded %s (v%s) to %s", uri, mv.version, target)
+
+
+_RUNS_RE = re.compile(r"^runs:/(?P<run>[\w\-]+)/(?P<path>[^?#]+?)/?$")
+
+
+def download_run_scorer(uri: str, *, tracking_uri: str | None = None) -> Path:
+    """The local scorer folder of a model logged in a run: ``runs:/RUN_ID/model`` (the ``register`` run
+    logs the pyfunc under ``model``), e.g. a version that was logged but never registered.
+
+    A run's artifacts never change, so the download is cached in :func:`cache_root` under ``runs/``, keyed
+    by the tracking URI and the reference. The tracking URI is found as for :func:`download_scorer`.
+    """
+    m = _RUNS_RE.match(str(uri).strip())
+    if not m:
+        raise ValueError(f"{uri!r} is not a run reference; use runs:/RUN_ID/model (the register run's model)")
+    tracking_uri = tracking_uri or resolve_tracking_uri()
+    registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    key = hashlib.sha256("\n".join([tracking_uri, m["run"], m["path"]]).encode()).hexdigest()[:16]
+    target = cache_root() / "runs" / f"{m['run']}-{key}"
+    if target.is_dir():
+        log.debug("run cache hit: %s -> %s", uri, target)
+        return target
+    from qualitune.tracking import _import_mlflow
+
+    _import_mlflow()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _fetch_scorer(
+            f"runs:/{m['run']}/{m['path']}", target, tracking_uri=tracking_uri, registry_uri=registry_uri
+        )
+    except MlflowException as exc:
+        raise ValueError(
+            f"cannot download {uri} from {tracking_uri}: {exc.message} (is the run id right, and is the "
+            "model logged under that name? the register stage logs it as runs:/RUN_ID/model)"
+        ) from None
+    log.info("downloaded %s to %s", uri, target)
     return target
 
 
@@ -692,7 +739,7 @@ def decode_image_bytes(data: bytes) -> Any:
     except Exception as exc:
         raise MediaError(
             "cannot decode: not an image PIL reads, nor an MP4/MOV, Matroska/WebM, AVI, FLV or MPEG video "
-            f"({type(exc).__name__}: {exc})"
+            f"({type(exc).__name__}: {re.sub(r'<_io.BytesIO object at 0x[0-9a-f]+>', 'the data', str(exc))})"
         ) from exc
     if rgb.width < 1 or rgb.height < 1:
         raise MediaError(f"image has no pixels ({rgb.width}x{rgb.height})")
@@ -793,6 +840,7 @@ __all__ = [
     "decode_base64",
     "decode_image_bytes",
     "decode_media",
+    "download_run_scorer",
     "download_scorer",
     "encode_file",
     "input_values",

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from qualitune.vlm.answers import ParseReport
-from qualitune.vlm.inputs import encode_batch, make_image_processor
+from qualitune.vlm.inputs import encode_batch
 from qualitune.vlm.scoring import SCORING_MODES, ItemScore, format_scores, generate_texts
 from qualitune.vlm.tasks import DESCRIBE_QUESTION, AnswerFormat
 
@@ -138,17 +138,22 @@ def load_scored_model(directory: str | Path, *, device: str | None = None, dtype
 
 
 def resolve_model_ref(ref: str | Path) -> Path:
-    """A scorer folder for `ref`: a local folder, or `models:/name@alias` / `models:/name/version`
-    from the MLflow registry (downloaded into MLflow's cache)."""
+    """A scorer folder for `ref`: a local folder, `models:/name@alias` / `models:/name/version` from
+    the MLflow registry, or `runs:/RUN_ID/model` (a logged model), downloaded into qualitune's cache."""
     text = str(ref)
     if text.startswith("models:/"):
         from qualitune.registry import download_scorer
 
         return download_scorer(text)
+    if text.startswith("runs:/"):
+        from qualitune.registry import download_run_scorer
+
+        return download_run_scorer(text)
     path = Path(text)
     if not path.exists():
         raise ValueError(
-            f"model {text!r} not found: give a scorer folder (e.g. models/scorer) or models:/name@alias"
+            f"model {text!r} not found: give a scorer folder (e.g. models/scorer), models:/name@alias "
+            "or runs:/RUN_ID/model"
         )
     return path
 
@@ -182,7 +187,9 @@ class Scorer:
         self.tokenizer = tokenizer
         self.spec = spec
         self.fmt = spec.fmt
-        self.image_processor = make_image_processor(spec.min_pixels, spec.max_pixels)
+        from qualitune.vlm.model import make_processor
+
+        self.image_processor = make_processor(model, spec.min_pixels, spec.max_pixels)
 
     @classmethod
     def load(cls, ref: str | Path, *, device: str | None = None, dtype: str | None = None) -> Scorer:

@@ -36,6 +36,13 @@ import pandas as pd
 import torch
 
 from qualitune.media import load_media
+from qualitune.vlm.forward import (
+    VisionCache,
+    attention_implementation,
+    decoder_hidden,
+    resolve_packing,
+    vision_is_frozen,
+)
 from qualitune.vlm.inputs import encode_batch
 from qualitune.vlm.losses import LossConfig, answer_losses, combine, supervised_labels
 from qualitune.vlm.scoring import level_token_ids
@@ -110,6 +117,13 @@ class TrainSettings:
     keep_checkpoints: int = 2
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # Throughput (README "Throughput"); none changes what is learned beyond float rounding, except
+    # group_by_length, which changes which examples share a batch.
+    group_by_length: bool = False  # batches of similar token counts (less padding)
+    packing: str | bool = "auto"  # padding-free batches; auto: only with a varlen flash-attention kernel
+    cache_vision: bool = False  # frozen vision tower: features computed once per item, kept on the CPU
+    fused_optimizer: str | bool = "auto"  # fused AdamW kernel; auto: on CUDA
+    prefetch: str | bool = "auto"  # encode the next batch in a background thread; auto: on CUDA
     lora: LoraSettings = field(default_factory=LoraSettings)
     vital: VitalSettings = field(default_factory=VitalSettings)
 
@@ -120,6 +134,9 @@ class TrainSettings:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
         if self.epochs < 0 or self.stage1_epochs < 0:
             raise ValueError("train.epochs must be >= 0")
+        for name in ("packing", "fused_optimizer", "prefetch"):
+            if getattr(self, name) not in ("auto", True, False):
+                raise ValueError(f"train.{name} must be auto, true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> TrainSettings:
@@ -193,9 +210,25 @@ class Step:
     rows: tuple[int, ...]  # indices into the phase's examples
 
 
-def build_schedule(phases: Sequence[Phase], global_batch: int, seed: int) -> list[Step]:
+GROUP_MEGABATCH = 50
+"""`group_by_length` sorts windows of this many global batches by length (transformers'
+LengthGroupedSampler uses the same factor): batches of similar lengths, still shuffled."""
+
+
+def build_schedule(
+    phases: Sequence[Phase],
+    global_batch: int,
+    seed: int,
+    lengths: Sequence[Sequence[int]] | None = None,
+) -> list[Step]:
     """Every micro-batch of the run, in order: a seeded permutation per (phase, epoch); a fractional
-    last epoch keeps its first share of batches."""
+    last epoch keeps its first share of batches.
+
+    With `lengths` (token counts per phase and example, `example_lengths`) the batches are length
+    grouped: each window of `GROUP_MEGABATCH` batches of the permutation is sorted by length,
+    longest first, and cut into batches, whose order is then shuffled, so a batch holds examples of
+    similar length (little padding) while every epoch still sees every example once.
+    """
     steps: list[Step] = []
     for p, phase in enumerate(phases):
         n = len(phase.examples)
@@ -204,12 +237,104 @@ def build_schedule(phases: Sequence[Phase], global_batch: int, seed: int) -> lis
         n_batches = math.ceil(n / global_batch)
         for e in range(math.ceil(phase.epochs)):
             order = np.random.default_rng([seed, p, e]).permutation(n)
+            if lengths is not None:
+                order = _group_by_length(order, lengths[p], global_batch, [seed, p, e])
             keep = n_batches if e + 1 <= phase.epochs else max(1, round((phase.epochs - e) * n_batches))
             for b in range(keep):
                 steps.append(
                     Step(p, e, tuple(int(i) for i in order[b * global_batch : (b + 1) * global_batch]))
                 )
     return steps
+
+
+def _group_by_length(
+    order: np.ndarray, lengths: Sequence[int], global_batch: int, seed: list[int]
+) -> np.ndarray:
+    lens = np.asarray(lengths)
+    window = global_batch * GROUP_MEGABATCH
+    out = []
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        chunk = chunk[np.argsort(-lens[chunk], kind="stable")]
+        batches = [chunk[i : i + global_batch] for i in range(0, len(chunk), global_batch)]
+        # a short batch stays last, so only the epoch's final batch can be smaller than the rest
+        full = [b for b in batches if len(b) == global_batch]
+        rest = [b for b in batches if len(b) < global_batch]
+        perm = np.random.default_rng([*seed, start]).permutation(len(full))
+        out.extend(full[i] for i in perm)
+        out.extend(rest)
+    return np.concatenate(out) if out else order
+
+
+def example_lengths(
+    examples: Sequence[Example], *, tokenizer, image_processor, n_frames: int, video_mode: str
+) -> list[int]:
+    """Token counts of examples as `encode_examples` makes them, for length grouping.
+
+    The chat template, prompt and answer are tokenised as there; vision tokens come from each
+    file's header (image size; a video's frame size times the frames it shows), not from decoding
+    it, so this is cheap on a large dataset. The counts only decide which examples share a batch:
+    a wrong one (e.g. a clip shorter than `n_frames`) costs a little padding, never a wrong result.
+    """
+    from qualitune.vlm.inputs import build_prompt
+
+    merge = int(image_processor.merge_size) ** 2
+    tp = int(image_processor.temporal_patch_size)
+    text_len: dict[tuple, int] = {}
+    geometry: dict[str, tuple[int, int, int]] = {}
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+    out = []
+    for ex in examples:
+        blocks = []  # (frames, tokens per frame) per media file
+        for path in ex.media:
+            if path not in geometry:
+                geometry[path] = _media_geometry(path, n_frames)
+            width, height, frames = geometry[path]
+            per_frame = image_processor.get_number_of_image_patches(height, width, {}) // merge
+            blocks.append((1 if len(ex.media) > 1 else frames, per_frame))
+        as_video = video_mode == "video" and len(blocks) == 1 and blocks[0][0] > 1
+        n_images = 0 if as_video else sum(f for f, _ in blocks)
+        key = (ex.prompt, ex.answer, n_images, int(as_video))
+        if key not in text_len:
+            prompt = build_prompt(tokenizer, ex.prompt, n_images=n_images, n_videos=int(as_video))
+            pre, value, post = ex.answer
+            # each unexpanded pad placeholder is one token; the vision tokens are added below
+            text_len[key] = (
+                n_tokens(prompt)
+                - n_images
+                - int(as_video)
+                + n_tokens(pre)
+                + n_tokens(value)
+                + n_tokens(post + "<|im_end|>")
+            )
+        if as_video:
+            vision = math.ceil(blocks[0][0] / tp) * blocks[0][1]
+        else:
+            vision = sum(f * t for f, t in blocks)
+        out.append(text_len[key] + vision)
+    return out
+
+
+def _media_geometry(path: str, n_frames: int) -> tuple[int, int, int]:
+    """(width, height, frames shown) of a file from its header; decodes it only as a fallback."""
+    try:
+        if path.lower().endswith(_VIDEO_SUFFIXES):
+            import av
+
+            with av.open(path) as container:
+                ctx = container.streams.video[0].codec_context
+                return int(ctx.width), int(ctx.height), n_frames
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.size[0], img.size[1], 1
+    except Exception:  # an odd header: decode it (the trainer will anyway)
+        item = _load(path, n_frames)
+        frames = list(item) if isinstance(item, tuple) else [item]
+        return frames[0].size[0], frames[0].size[1], len(frames)
 
 
 @lru_cache(maxsize=4096)
@@ -263,30 +388,39 @@ def encode_examples(
     batch["level_targets"] = torch.tensor(
         [list(e.levels) if e.levels is not None else [0.0] * 5 for e in examples], dtype=torch.float32
     )
+    batch["media_keys"] = ["\n".join(e.media) for e in examples]  # VisionCache keys (not a tensor)
     return batch
 
 
 class Objective(torch.nn.Module):
-    """The model plus its loss, as one module so DDP sees a single forward per step."""
+    """The model plus its loss, as one module so DDP sees a single forward per step.
 
-    def __init__(self, model: torch.nn.Module, loss_cfg: LossConfig, level_ids: list[int] | None):
+    The decoder's hidden states come from `qualitune.vlm.forward.decoder_hidden`: the model's own
+    forward, with a frozen vision tower run without autograd, optionally per-item cached
+    (`vision_cache`) and the batch packed without padding (`pack`); the same numbers either way.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_cfg: LossConfig,
+        level_ids: list[int] | None,
+        *,
+        pack: bool = False,
+        vision_cache: VisionCache | None = None,
+    ):
         super().__init__()
         self.model = model
         self.loss_cfg = loss_cfg
         self.level_ids = level_ids
+        self.pack = pack
+        self.vision_cache = vision_cache
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from qualitune.vlm.inputs import _unwrap
 
         base = _unwrap(self.model)
-        param = next(p for p in base.parameters())
-        inputs = {k: v.to(param.device) for k, v in batch.items() if k in MODEL_KEYS}
-        for k in ("pixel_values", "pixel_values_videos"):
-            if k in inputs:
-                inputs[k] = inputs[k].to(param.dtype)
-        if "second_per_grid_ts" in inputs and not _accepts(base.model, "second_per_grid_ts"):
-            inputs.pop("second_per_grid_ts")
-        hidden = base.model(**inputs, use_cache=False).last_hidden_state
+        hidden = decoder_hidden(self.model, batch, pack=self.pack, cache=self.vision_cache)
         dev = hidden.device
         labels = supervised_labels(
             batch["labels"].to(dev), batch["value_mask"].to(dev), self.loss_cfg.loss_on
@@ -307,12 +441,6 @@ class Objective(torch.nn.Module):
         return loss, losses
 
 
-def _accepts(module: torch.nn.Module, name: str) -> bool:
-    import inspect
-
-    return name in inspect.signature(type(module).forward).parameters
-
-
 @dataclass
 class TrainResult:
     model: torch.nn.Module
@@ -326,8 +454,16 @@ class TrainResult:
     n_examples: dict[str, int] = field(default_factory=dict)
 
 
+SPEED_ONLY = ("packing", "cache_vision", "fused_optimizer", "prefetch")
+"""Settings that change how fast a step runs, not which examples it sees: a run may resume with
+other values (the weights then agree to float rounding), and they stay out of the fingerprint."""
+
+
 def fingerprint(settings: TrainSettings, phases: Sequence[Phase], extra: dict | None = None) -> str:
-    h = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True, default=str).encode())
+    d = {k: v for k, v in settings.to_dict().items() if k not in SPEED_ONLY}
+    if not d.get("group_by_length"):
+        d.pop("group_by_length", None)  # default off: fingerprints of earlier runs stay valid
+    h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
     h.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
     for ph in phases:
         for ex in ph.examples:
@@ -410,7 +546,19 @@ def train(
         tasks = pd.Series([e.task for e in ph.examples]).value_counts().to_dict() if ph.examples else {}
         log.info("phase %s: %d examples %s, %.2f epochs", ph.name, len(ph.examples), tasks, ph.epochs)
     global_batch = settings.batch_size * acc.num_processes
-    schedule = build_schedule(phases, global_batch, settings.seed)
+    lengths = None
+    if settings.group_by_length:
+        lengths = [
+            example_lengths(
+                ph.examples,
+                tokenizer=tokenizer,
+                image_processor=image_processor,
+                n_frames=n_frames,
+                video_mode=video_mode,
+            )
+            for ph in phases
+        ]
+    schedule = build_schedule(phases, global_batch, settings.seed, lengths)
     fp = fingerprint(
         settings, phases, {"n_frames": n_frames, "video_mode": video_mode, **(fingerprint_extra or {})}
     )
@@ -431,9 +579,32 @@ def train(
         focal_gamma=settings.vital.focal_gamma,
         focal_tasks=("describe",) if settings.method == "vital" else (),
     )
-    objective = Objective(model, loss_cfg, level_ids)
+    pack = resolve_packing(settings.packing, model)
+    cache = None
+    if settings.cache_vision:
+        if not vision_is_frozen(model):
+            raise ValueError(
+                f"train.cache_vision needs a frozen vision tower and projector (tuning: lora), "
+                f"but tuning {settings.tuning!r} trains them"
+            )
+        cache = VisionCache(pin=use_cuda)
+    objective = Objective(model, loss_cfg, level_ids, pack=pack, vision_cache=cache)
     params = [p for _, p in named_trainable(model)]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    fused = use_cuda if settings.fused_optimizer == "auto" else bool(settings.fused_optimizer)
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True if fused else None
+    )
+    prefetch = use_cuda if settings.prefetch == "auto" else bool(settings.prefetch)
+    log.info(
+        "throughput: packing %s (attention %s), vision cache %s, fused AdamW %s, prefetch %s, "
+        "length-grouped batches %s",
+        pack,
+        attention_implementation(model),
+        cache is not None,
+        fused,
+        prefetch,
+        settings.group_by_length,
+    )
     n_opt_steps = math.ceil(len(schedule) / settings.grad_accum)
     scheduler = get_scheduler(
         settings.lr_scheduler,
@@ -462,26 +633,50 @@ def train(
     running: list[float] = []
     opt_step = start // settings.grad_accum
     stopped = False
-    for k in range(start, len(schedule)):
+
+    def encode_step(k: int) -> dict:
         step = schedule[k]
-        phase = phases[step.phase]
         rows = step.rows[rank::world]
         if not rows:  # a last batch smaller than the number of processes
             rows = step.rows[:1]
         batch = encode_examples(
-            [phase.examples[i] for i in rows],
+            [phases[step.phase].examples[i] for i in rows],
             tokenizer=tokenizer,
             image_processor=image_processor,
             n_frames=n_frames,
             video_mode=video_mode,
             focal_tasks=loss_cfg.focal_tasks,
         )
+        if prefetch and use_cuda:  # pinned: the copy to the GPU runs asynchronously
+            batch = {n: v.pin_memory() if isinstance(v, torch.Tensor) else v for n, v in batch.items()}
+        return batch
+
+    def next_step(k: int) -> int | None:
+        """The step to encode ahead of `k`, or None where an `on_epoch_end` callback may use the
+        tokenizer (validation) between the two: the fast tokenizer is not safe across threads."""
+        if k + 1 >= len(schedule):
+            return None
+        boundary = (schedule[k + 1].phase, schedule[k + 1].epoch) != (schedule[k].phase, schedule[k].epoch)
+        return None if boundary and on_epoch_end is not None else k + 1
+
+    source = _BatchSource(encode_step, ahead=prefetch)
+    for k in range(start, len(schedule)):
+        step = schedule[k]
+        phase = phases[step.phase]
+        batch = source.get(k, next_step(k))
         last_micro = (k + 1) % settings.grad_accum == 0 or k + 1 == len(schedule)
         ctx = acc.no_sync(objective) if not last_micro and world > 1 else _null()
+        # DDP averages the processes' gradients; a process holding other than 1/world of the global
+        # batch (an uneven last batch; 0 for the stand-in row of an empty share) is weighted so the
+        # result is the global batch's mean, as one process would compute it
+        share = len(step.rows[rank::world]) * world / len(step.rows)
         with ctx, acc.autocast():
             loss, parts = objective(batch)
-            acc.backward(loss / settings.grad_accum)
-        running.append(float(loss.detach()))
+            acc.backward(loss * share / settings.grad_accum)
+        # the logged loss is the global batch's, not this process's share of it
+        running.append(
+            float(acc.reduce(loss.detach() * share, "mean")) if world > 1 else float(loss.detach())
+        )
         if not last_micro:
             continue
         if settings.max_grad_norm and settings.max_grad_norm > 0:
@@ -515,6 +710,15 @@ def train(
             if on_epoch_end(step.phase, step.epoch, model):
                 stopped = True
                 break
+    source.close()
+    if cache is not None:
+        log.info(
+            "vision cache: %d items, %.1f MiB, %d hits, %d misses",
+            len(cache),
+            cache.nbytes / 2**20,
+            cache.hits,
+            cache.misses,
+        )
     acc.wait_for_everyone()
     model = acc.unwrap_model(objective).model
     model.eval()
@@ -531,6 +735,35 @@ def train(
         parameter_counts=counts,
         n_examples=n_examples,
     )
+
+
+class _BatchSource:
+    """The schedule's batches; with `ahead`, step k+1 is encoded in a background thread while
+    step k runs on the device (image decoding and patching are CPU work the GPU would wait for).
+    Encoding is deterministic, so the batches are the same either way."""
+
+    def __init__(self, encode: Callable[[int], dict], *, ahead: bool) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._encode = encode
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="qualitune-prefetch") if ahead else None
+        self._pending: tuple[int, Any] | None = None
+
+    def get(self, k: int, next_k: int | None) -> dict:
+        if self._pending is not None and self._pending[0] == k:
+            batch = self._pending[1].result()
+        else:
+            batch = self._encode(k)
+        self._pending = None
+        if self._pool is not None and next_k is not None:
+            self._pending = (next_k, self._pool.submit(self._encode, next_k))
+        return batch
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._pending = None
 
 
 class _null:

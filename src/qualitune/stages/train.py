@@ -3,13 +3,16 @@
 Reads params `model`, `train`, `mlflow` (and `pmod.out` for the data). Writes the scorer folder
 (`train.out`, loadable by `qualitune score --model models/scorer`), validation metrics of both
 scoring modes (`train.metrics`, a DVC metric) and logs params, per-step loss, metrics and the
-scorer to MLflow. Runs unchanged under `accelerate launch -m qualitune.stages.train`.
+scorer to MLflow. Runs unchanged under `accelerate launch -m qualitune.stages.train`: every process
+trains its share of each batch; only the main process (rank 0) validates, saves and logs to MLflow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -40,6 +43,14 @@ def model_settings(params: dict[str, Any]) -> dict[str, Any]:
 EpochHook = Callable[[int, int, dict[str, Any]], bool | None]
 
 
+def process_rank() -> int:
+    """This process's rank under `accelerate launch`/torchrun/MPI (0 when run alone), read from the
+    launcher's environment: accelerate's own state is set up later, by the trainer."""
+    from accelerate.utils import get_int_from_env
+
+    return get_int_from_env(["RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"], 0)
+
+
 def train_scorer(
     params: dict[str, Any],
     *,
@@ -64,8 +75,7 @@ def train_scorer(
     from qualitune.scorer import Scorer, ScorerSpec, load_scored_model, save_scorer
     from qualitune.tracking import MetricBuffer, log_artifacts, log_metrics, start_run, tracking_settings
     from qualitune.training import TrainSettings, train
-    from qualitune.vlm.inputs import make_image_processor
-    from qualitune.vlm.model import load_model
+    from qualitune.vlm.model import load_model, make_processor
     from qualitune.vlm.trainable import transfer_vision, vision_weights
 
     params = apply_tuned(params, section(params, "train").get("tuned_params"))
@@ -87,10 +97,19 @@ def train_scorer(
         n = transfer_vision(source, model, include_projector=bool(mcfg["transfer_projector"]))
         log.info("vision encoder transferred from %s (%d tensors)", mcfg["init_vision_from"], n)
         del source
-    proc = make_image_processor(int(mcfg["min_pixels"]), int(mcfg["max_pixels"]))
+    proc = make_processor(model, int(mcfg["min_pixels"]), int(mcfg["max_pixels"]))
     out_dir = Path(out_dir or tcfg.get("out", "models/scorer"))
     metrics_path = Path(metrics_path or tcfg.get("metrics", "reports/train_metrics.json"))
     tracking = tracking_settings(params)
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        raise ValueError(
+            "FSDP is not supported by the trainer yet: it saves the scorer and checkpoints and validates "
+            "from rank 0 without gathering the sharded weights. Launch with DDP instead: "
+            "accelerate launch --config_file configs/accelerate/ddp.yaml -m qualitune.stages.train"
+        )
+    main_process = process_rank() == 0
+    if not main_process:  # one MLflow run, one scorer folder: the other ranks only train
+        tracking = dataclasses.replace(tracking, enabled=False)
     run_params = {
         "model": mcfg,
         "train": settings.to_dict(),
@@ -152,6 +171,8 @@ def train_scorer(
         )
         step_log.flush()
         train_seconds = time.perf_counter() - t0
+        if not main_process:
+            return {}
         scorer = Scorer(result.model, tokenizer, spec)
         t1 = time.perf_counter()
         val_metrics, _ = evaluate_split(scorer, val_df, batch_size=val_batch)

