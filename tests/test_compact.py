@@ -154,3 +154,24 @@ def test_videos_as_a_grid_are_refused_with_a_hint(compact, photos):
     assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 2 * model.config.n_visual_tokens
     with pytest.raises(ValueError, match="video_mode: frames"):
         model(input_ids=batch["input_ids"], pixel_values_videos=torch.zeros(1, 3))
+
+
+def test_shared_question_prefix_is_computed_once_with_the_same_scores(compact, photos):
+    """The compact template puts the question first; scoring computes that prefix for one row and
+    repeats its cache. Scores equal the plain per-row forward."""
+    from qualitune.vlm.scoring import _prefix_forward, shared_prefix_length
+
+    model, tok = compact
+    proc = make_processor(model, 0, 0)
+    batch = encode_batch(photos, Q, tokenizer=tok, image_processor=proc)
+    inputs = model_inputs(model, batch)
+    n = shared_prefix_length(inputs)
+    first_image = int((batch["input_ids"][0] == model.config.image_token_id).nonzero()[0])
+    assert n == first_image  # the question and <|vision_start|>: the same ids in every row
+    assert n > 20
+    with torch.no_grad():
+        shared, *_ = _prefix_forward(model, batch, share_prefix=True)
+        plain, *_ = _prefix_forward(model, batch, share_prefix=False)
+    assert torch.allclose(shared, plain, atol=2e-4)
+    one = encode_batch(photos[:1], Q, tokenizer=tok, image_processor=proc)
+    assert shared_prefix_length(model_inputs(model, one)) == 0  # one row: nothing to share

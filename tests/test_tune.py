@@ -82,6 +82,26 @@ def _study(project: Path) -> optuna.Study:
     return optuna.load_study(study_name="qualitune", storage=make_storage(settings))
 
 
+def _run_workers(project: Path, n: int, *, timeout: int) -> list[str]:
+    """Start `n` `qualitune tune` processes on the project at once; their outputs once all exited 0."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            _tune_cmd("--params", "params.yaml"),
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+    return outs
+
+
 def _tune_cmd(*args: str) -> list[str]:
     from qualitune import cli
 
@@ -273,22 +293,8 @@ def two_workers(tmp_path_factory):
     """Two `qualitune tune` processes started together on one fresh sqlite study (n_trials N) and one
     fresh MLflow store; returns the project, its trials and MLflow runs right after both exit."""
     project = _project(tmp_path_factory.mktemp("tune"), mlflow=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            _tune_cmd("--params", "params.yaml"),
-            cwd=project,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out
+    _run_workers(project, 2, timeout=300)
     trials = _study(project).get_trials()
     print(f"two workers: {time.perf_counter() - t0:.1f} s, states {[t.state.name for t in trials]}")
     return project, trials, _runs(project)

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from qualitune.config import apply_tuned, load_params
 from qualitune.tune import parse_range_key
-from test_tune import FINISHED, N, _project, _tune_cmd
+from test_tune import FINISHED, N, _project, _run_workers
 
 
 def _pg_bindir() -> Path | None:
@@ -95,22 +95,8 @@ def postgres_url():
 
 def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
     project = _project(tmp_path / "p", storage=postgres_url)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
-    procs = [
-        subprocess.Popen(
-            _tune_cmd("--params", "params.yaml"),
-            cwd=project,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs, strict=True):
-        assert p.returncode == 0, out
+    outs = _run_workers(project, 2, timeout=600)
     assert all("postgresql://postgres@127.0.0.1" in out for out in outs)  # both used the server
     study = optuna.load_study(study_name="qualitune", storage=postgres_url)
     trials = study.get_trials()

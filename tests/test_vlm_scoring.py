@@ -166,3 +166,30 @@ def test_right_padding_is_refused_for_expected_scoring(tiny, proc, images):
     batch = encode_batch(images[:2], Q, tokenizer=tok, image_processor=proc, padding_side="right")
     with pytest.raises(ValueError, match="left"):
         expected_scores(model, tok, batch, 10, 50)
+
+
+def test_shared_prefix_forward_matches_plain_forward(tiny, proc):
+    """Same-size images: no padding, so the rows share the prompt up to the first vision token,
+    which `_prefix_forward` computes once; log-probs and scores equal the plain forward."""
+    from qualitune.vlm.scoring import _prefix_forward, shared_prefix_length
+
+    model, tok = tiny
+    same = [_img(84, 84, 40 + i) for i in range(3)]
+    batch = encode_batch(same, Q, tokenizer=tok, image_processor=proc, system="You rate photos for a living.")
+    assert shared_prefix_length(model_inputs(model, batch)) >= 8
+    with torch.no_grad():
+        shared, *_ = _prefix_forward(model, batch, share_prefix=True)
+        plain, *_ = _prefix_forward(model, batch, share_prefix=False)
+    assert torch.allclose(shared, plain, atol=1e-4)
+    scores = expected_scores(model, tok, batch, 10, 50)
+    for i, im in enumerate(same):
+        alone = expected_scores(
+            model,
+            tok,
+            encode_batch(
+                [im], Q, tokenizer=tok, image_processor=proc, system="You rate photos for a living."
+            ),
+            10,
+            50,
+        )[0]
+        assert alone.score == pytest.approx(scores[i].score, abs=1e-4)

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from qualitune.media import load_media
+from qualitune.vlm.compact import is_compact, standardise_projector
 from qualitune.vlm.forward import (
     VisionCache,
     attention_implementation,
@@ -564,6 +565,10 @@ def train(
     )
 
     model = apply_tuning(model, settings.tuning, settings.lora)
+    if is_compact(model):  # a from-scratch projector needs its inputs' scales (see compact.py)
+        paths = sorted({p for ph in phases for ex in ph.examples for p in ex.media})
+        if standardise_projector(model, image_processor, paths):
+            log.info("compact projector standardised on %d training photos", min(len(paths), 512))
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):

@@ -67,17 +67,21 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 _CACHE_VERSION = 1
 
-# Qwen-VL's chat template minus the default system turn (see the module docstring).
+# Qwen-VL's chat template minus the default system turn, with a user turn's text rendered before
+# its pictures: every item of a batch then shares the whole question as one token prefix, which
+# scoring computes once per batch instead of once per item (see the module docstring).
 COMPACT_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
     "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'text' or ('text' in content and 'image' not in content) %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}"
+    "{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content %}"
     "<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif content['type'] == 'video' or 'video' in content %}"
-    "<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "<|vision_start|><|video_pad|><|vision_end|>{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -132,6 +136,14 @@ class CompactConfig(PretrainedConfig):
     @property
     def n_visual_tokens(self) -> int:
         return 1 + self.grid * self.grid
+
+    @property
+    def vision_config(self) -> PretrainedConfig:
+        """What a vision transfer must match (`qualitune.vlm.trainable.transfer_vision`); a property,
+        so it stays out of `to_dict`."""
+        return PretrainedConfig(
+            encoder="efficientnet-lite0", image_size=self.image_size, grid=self.grid, projector_hidden=self.projector_hidden
+        )
 
 
 class Projector(nn.Module):
@@ -256,12 +268,31 @@ class CompactVisual(nn.Module):
         self._traced.clear()
         self._cache.clear()
 
+    def clear_cache(self) -> None:
+        """Forget cached features only (e.g. to time scoring as a first-time user sees it)."""
+        self._cache.clear()
+
     def _weights_version(self) -> int:
         """Sum of the encoder tensors' in-place version counters: any `load_state_dict`, weight
         transfer or optimiser step bumps it, which voids traced copies and cached features."""
         return sum(p._version for p in self.encoder.parameters()) + sum(
             b._version for b in self.encoder.buffers()
         )
+
+    @staticmethod
+    def pixel_keys(pixel_values: torch.Tensor) -> list[str]:
+        """Content keys of the feature cache, one per image."""
+        return [hashlib.sha1(row.detach().cpu().numpy().tobytes()).hexdigest() for row in pixel_values]
+
+    def cached(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The feature cache (content key -> (global, grid) features), e.g. to save it to disk."""
+        return dict(self._cache)
+
+    def prime(self, entries: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fill the cache with features computed earlier by this same frozen encoder (the caller
+        vouches for that: entries from another encoder would be used as they are)."""
+        self._version_seen = self._weights_version()
+        self._cache.update(entries)
 
     def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         version = self._weights_version()
@@ -273,7 +304,7 @@ class CompactVisual(nn.Module):
             return self._features(pixel_values)
         if not self.cache_features:
             return self._fast(pixel_values)
-        keys = [hashlib.sha1(row.detach().cpu().numpy().tobytes()).hexdigest() for row in pixel_values]
+        keys = self.pixel_keys(pixel_values)
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         if missing:
             g, m = self._fast(pixel_values[missing])
@@ -603,6 +634,32 @@ def build_compact(
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     return model.eval(), tok
+
+
+def standardise_projector(model: torch.nn.Module, processor, paths: list[str], max_items: int = 512) -> bool:
+    """Set the projector's per-feature standardisation from (up to `max_items`) training photos,
+    once: a projector already standardised (or trained, or loaded) is left alone. Returns whether it
+    ran. Called by `qualitune.training.train` before the first step; videos use their first frame."""
+    from qualitune.media import load_media
+    from qualitune.vlm.inputs import _unwrap
+
+    merger = _unwrap(model).model.visual.merger
+    identity = bool((merger.global_shift == 0).all() and (merger.global_gain == 1).all())
+    if not identity or not any(p.requires_grad for p in merger.parameters()) or not paths:
+        return False
+    step = max(1, len(paths) // max_items)
+    chosen = list(paths)[::step][:max_items]
+    visual = _unwrap(model).model.visual
+    glob, grid = [], []
+    for start in range(0, len(chosen), 32):
+        images = [load_media(path, n_frames=1)[0] for path in chosen[start : start + 32]]
+        pixels = torch.from_numpy(processor(images)["pixel_values"])
+        with torch.no_grad():
+            g, m = visual.features(pixels)
+        glob.append(g)
+        grid.append(m)
+    merger.standardise(torch.cat(glob), torch.cat(grid))
+    return True
 
 
 def is_compact(model: torch.nn.Module) -> bool:
