@@ -55,7 +55,9 @@ def test_split_root_partitions_every_row_once(tmp_path):
     tr = pd.read_csv(tmp_path / "tr" / "labels.csv")
     ho = pd.read_csv(tmp_path / "ho" / "labels.csv")
     assert set(tr.image_name).isdisjoint(ho.image_name)
-    assert sorted(set(tr.image_name) | set(ho.image_name)) == sorted(pd.read_csv(root / "labels.csv").image_name)
+    assert sorted(set(tr.image_name) | set(ho.image_name)) == sorted(
+        pd.read_csv(root / "labels.csv").image_name
+    )
     assert all((tmp_path / "ho" / "images" / n).is_symlink() for n in ho.image_name)
     (root / "images" / "img (3).jpg").unlink()
     with pytest.raises(ValueError, match="missing"):

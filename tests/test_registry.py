@@ -36,7 +36,7 @@ from qualitune.registry import (
     resolve_tracking_uri,
     sniff_video_suffix,
 )
-from vlm_factory import write_flat_or_noisy
+from vlm_factory import tiny_scorer_dir, write_flat_or_noisy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -264,17 +264,7 @@ def _good_scorer(train_rows: list[dict], out: Path) -> Path:
 def _bad_scorer(out: Path) -> Path:
     """The untrained tiny model (seed 1): a scorer folder with only its spec. Its expected-mode scores
     barely vary and, on these images, run slightly against the MOS (final about -0.6)."""
-    from qualitune.scorer import ScorerSpec
-    from qualitune.vlm.model import TINY_NAME
-
-    out.mkdir(parents=True)
-    ScorerSpec(
-        base_model=TINY_NAME,
-        base_seed=1,
-        answer_format={"kind": "integer", "lo": 10, "hi": 50},
-        max_pixels=84 * 84,
-    ).write(out)
-    return out
+    return tiny_scorer_dir(out)
 
 
 def _git(repo: Path, *args: str) -> str:

@@ -41,6 +41,7 @@ from qualitune.serving import (
     decode_rows,
     parse_request,
 )
+from vlm_factory import tiny_scorer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -66,21 +67,6 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
-
-
-def tiny_scorer_dir(out: Path, **spec) -> Path:
-    from qualitune.scorer import ScorerSpec
-    from qualitune.vlm.model import TINY_NAME
-
-    out.mkdir(parents=True)
-    ScorerSpec(
-        base_model=TINY_NAME,
-        base_seed=1,
-        answer_format={"kind": "integer", "lo": 10, "hi": 50},
-        max_pixels=84 * 84,
-        **spec,
-    ).write(out)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -65,3 +65,19 @@ def run_stages_in(project: Path, *stages) -> None:
             assert stage.main(["--params", "params.yaml"]) == 0, stage.__name__
     finally:
         os.chdir(cwd)
+
+
+def tiny_scorer_dir(out: Path, **spec) -> Path:
+    """A scorer folder holding only its spec: the untrained tiny model (seed 1), loaded at scoring time."""
+    from qualitune.scorer import ScorerSpec
+    from qualitune.vlm.model import TINY_NAME
+
+    out.mkdir(parents=True)
+    ScorerSpec(
+        base_model=TINY_NAME,
+        base_seed=1,
+        answer_format={"kind": "integer", "lo": 10, "hi": 50},
+        max_pixels=84 * 84,
+        **spec,
+    ).write(out)
+    return out

@@ -60,16 +60,6 @@ from qualitune.vlm.trainable import LoraSettings, apply_tuning, count_parameters
 log = logging.getLogger(__name__)
 
 METHODS = ("iovqa", "vital", "two_stage")
-MODEL_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "mm_token_type_ids",
-    "pixel_values",
-    "image_grid_thw",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "second_per_grid_ts",
-)
 
 
 @dataclass(frozen=True)

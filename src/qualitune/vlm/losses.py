@@ -6,8 +6,8 @@ model's memory and time, and exactly the same numbers come out for the supervise
 
 Per-row losses are averaged over the row's supervised tokens, weighted by the example weight and
 summed over rows, then divided by the number of rows of this process. With data-parallel training
-each process holds an equal share of the global batch, so DDP's gradient mean equals the
-single-process result on the whole batch.
+the trainer scales each process's loss by its share of the global batch (the last batch may split
+unevenly), so DDP's gradient mean equals the single-process result on the whole batch.
 """
 
 from __future__ import annotations
