@@ -21,6 +21,9 @@ ignored) and the photos under `images/`. In one run the script
    root's folder name: `{"srcc", "plcc", "krcc", "final", "n", ...}` for the VLM plus the
    `baselines` (`pmod_mean`, `linear_probe`), and the wall time of each step under `wall_seconds`.
 
+`--scorer DIR` skips step 4 and evaluates a scorer saved by an earlier run (`--save-scorer`) on new
+eval roots, with both baselines recomputed the same way (e.g. a cross-dataset check after the fact).
+
 `--set key=value` overrides a recipe entry (dotted path, YAML value), which is how the ablations in
 the README were run, e.g. `--set train.answer_format=decimal`.
 """
@@ -269,7 +272,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     mcfg = recipe["model"]
-    model, tok = load_model(mcfg["name_or_path"], seed=int(mcfg.get("seed", 0)))
+    loaded = Scorer.load(args.scorer) if args.scorer else None
+    if loaded is not None:
+        model, tok = loaded.model, loaded.tokenizer
+    else:
+        model, tok = load_model(mcfg["name_or_path"], seed=int(mcfg.get("seed", 0)))
     proc = make_processor(model, 0, 0)
     timings["load_model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -279,24 +286,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings["encoder_features"] = time.perf_counter() - t0
     y = pm["mos_norm"].to_numpy(dtype=float)
     is_train, is_val = (pm["split"] == "train").to_numpy(), (pm["split"] == "val").to_numpy()
-    _visual(model).merger.standardise(
-        torch.from_numpy(feats[is_train]), torch.from_numpy(grid_feats[is_train])
-    )
+    if loaded is None:  # a loaded scorer's projector keeps the standardisation it was trained with
+        _visual(model).merger.standardise(
+            torch.from_numpy(feats[is_train]), torch.from_numpy(grid_feats[is_train])
+        )
     t0 = time.perf_counter()
     probe, alpha = linear_probe(feats, y, is_train, is_val)
     timings["linear_probe"] = time.perf_counter() - t0
 
-    df_train = pm[is_train].reset_index(drop=True)
-    model.train()
-    model, settings, history = train_compact(model, tok, proc, df_train, recipe, timings)
-    model.eval()
-    spec = ScorerSpec(
-        base_model=str(mcfg["name_or_path"]),
-        base_seed=int(mcfg.get("seed", 0)),
-        answer_format=settings.fmt.to_dict(),
-        two_stage=settings.method == "two_stage",
-        recipe={"method": settings.method, "tuning": settings.tuning, "loss_on": settings.loss_on},
-    )
+    if loaded is None:
+        df_train = pm[is_train].reset_index(drop=True)
+        model.train()
+        model, settings, history = train_compact(model, tok, proc, df_train, recipe, timings)
+        model.eval()
+        spec = ScorerSpec(
+            base_model=str(mcfg["name_or_path"]),
+            base_seed=int(mcfg.get("seed", 0)),
+            answer_format=settings.fmt.to_dict(),
+            two_stage=settings.method == "two_stage",
+            recipe={"method": settings.method, "tuning": settings.tuning, "loss_on": settings.loss_on},
+        )
+        epochs: float | None = settings.epochs
+    else:
+        spec, history, epochs = loaded.spec, {"scorer": str(args.scorer), "trained": False}, None
     scorer = Scorer(model, tok, spec)
 
     results: dict[str, Any] = {}
@@ -351,7 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     speed = len(sample_paths) / (time.perf_counter() - t1)
     timings["speed_check"] = time.perf_counter() - t0
 
-    if args.save_scorer:
+    if args.save_scorer and loaded is None:
         save_scorer(model, spec, args.save_scorer)
     timings["total"] = time.perf_counter() - t_all
     results["wall_seconds"] = {k: round(v, 1) for k, v in timings.items()}
@@ -360,7 +372,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_root": str(train_root),
         "n_train": int(is_train.sum()),
         "n_val": int(is_val.sum()),
-        "epochs": settings.epochs,
+        "epochs": epochs,
         "probe_alpha": alpha,
         "unreadable": bad.to_dict("records"),
         "history": history,
@@ -418,7 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--speed-items", type=int, default=96, help="photos timed for the scoring speed")
     p.add_argument("--save-scorer", help="also write the trained scorer folder here")
+    p.add_argument(
+        "--scorer",
+        help="evaluate this saved scorer (folder or models:/...) instead of training one; the train "
+        "root still gives the PMOD calibration and the linear probe (same seed and subset as the recipe)",
+    )
     args = p.parse_args(argv)
+    if args.scorer and args.save_scorer:
+        p.error("--scorer evaluates an existing scorer; --save-scorer has nothing new to save")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         results = run(args)

@@ -33,6 +33,11 @@ VARIANTS: dict[str, list[str]] = {
 }
 
 
+def _target(out: Path, name: str) -> Path:
+    """The variant's results JSON in the output folder."""
+    return out / (name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus") + ".json")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train-root", required=True)
@@ -52,12 +57,17 @@ def main(argv: list[str] | None = None) -> int:
         "eval.val=false",
         "instability.n=48",
     ]
-    summary = {}
     for name, sets in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        target = out / (name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus") + ".json")
-        argv_run = ["--train-root", args.train_root, "--eval-root", args.eval_root, "--out", str(target)]
+        argv_run = [
+            "--train-root",
+            args.train_root,
+            "--eval-root",
+            args.eval_root,
+            "--out",
+            str(_target(out, name)),
+        ]
         argv_run += ["--threads", str(args.threads), "--speed-items", "16"]
         for s in common + sets:
             argv_run += ["--set", s]
@@ -65,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = real_data.main(argv_run)
         if rc != 0:
             return rc
-        res = json.loads(target.read_text())
+    # The table gathers every variant's JSON in the folder: `--only` reruns some, the rest stay.
+    summary = {}
+    for name in VARIANTS:
+        if not _target(out, name).is_file():
+            continue
+        res = json.loads(_target(out, name).read_text())
         held = res[Path(args.eval_root).name]
         summary[name] = {
             "srcc": held["srcc"],

@@ -25,11 +25,16 @@ def split_root(root: Path, train_out: Path, heldout_out: Path, heldout: int, see
         raise ValueError(f"{root / 'labels.csv'} has no image_name column (columns: {list(labels.columns)})")
     missing = [n for n in labels["image_name"] if not (root / "images" / n).is_file()]
     if missing:
-        raise ValueError(f"{len(missing)} listed photos are missing under {root / 'images'}, e.g. {missing[0]!r}")
+        raise ValueError(
+            f"{len(missing)} listed photos are missing under {root / 'images'}, e.g. {missing[0]!r}"
+        )
     if not 0 < heldout < len(labels):
         raise ValueError(f"--heldout must be between 1 and {len(labels) - 1}, got {heldout}")
     order = np.random.default_rng(seed).permutation(len(labels))
-    parts = {heldout_out: labels.iloc[np.sort(order[:heldout])], train_out: labels.iloc[np.sort(order[heldout:])]}
+    parts = {
+        heldout_out: labels.iloc[np.sort(order[:heldout])],
+        train_out: labels.iloc[np.sort(order[heldout:])],
+    }
     for out, rows in parts.items():
         (out / "images").mkdir(parents=True, exist_ok=True)
         rows.to_csv(out / "labels.csv", index=False)

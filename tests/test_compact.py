@@ -95,6 +95,84 @@ def test_fast_encoder_path_and_cache_match_eager(compact, photos):
         visual.invalidate()
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
+def test_both_encoder_runtimes_match_eager(compact, photos, runtime, monkeypatch):
+    from qualitune.vlm.onnx_runtime import RUNTIME_ENV, OrtEncoder
+
+    monkeypatch.setenv(RUNTIME_ENV, runtime)
+    model, _ = compact
+    visual = model.model.visual
+    pixels = torch.from_numpy(make_processor(model, 0, 0)(photos)["pixel_values"])
+    with torch.no_grad():
+        eager = visual._features(pixels)
+    visual.invalidate()
+    try:
+        fast = visual._fast(pixels)
+        (built,) = visual._traced.values()
+        assert isinstance(built, OrtEncoder) == (runtime == "onnxruntime")
+    finally:
+        visual.invalidate()
+    for got, want in zip(fast, eager, strict=True):
+        assert float((got - want).norm() / want.norm()) < 1e-4
+
+
+def test_onnx_export_is_cached_per_weights_and_falls_back_with_a_reason(tmp_path, monkeypatch, caplog):
+    import qualitune.vlm.compact as compact_mod
+    import qualitune.vlm.onnx_runtime as ort_mod
+    from qualitune.vlm.compact import CompactConfig, CompactVisual
+
+    monkeypatch.setenv("QUALITUNE_CACHE", str(tmp_path))
+    monkeypatch.setenv(ort_mod.RUNTIME_ENV, "auto")
+    visual = CompactVisual(CompactConfig(image_size=64), embed_rms=1.0, hidden_size=32)
+    x = torch.randn(2, 3, 64, 64)
+    first = visual._fast(x)
+    files = sorted((tmp_path / "onnx").glob("*.onnx"))
+    assert len(files) == 1 and "3x64x64" in files[0].name
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again although the cached graph fits")
+
+    monkeypatch.setattr(ort_mod, "export_onnx", no_export)
+    visual.invalidate()
+    assert all(torch.equal(a, b) for a, b in zip(visual._fast(x), first, strict=True))  # read from the cache
+    monkeypatch.undo()
+    monkeypatch.setenv("QUALITUNE_CACHE", str(tmp_path))
+    with torch.no_grad():  # new weights: a new digest, a second file, and features that follow them
+        visual.encoder._conv_stem.weight.mul_(0.5)
+    visual.invalidate()
+    moved = visual._fast(x)
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2
+    assert not torch.allclose(moved[0], first[0])
+    with torch.no_grad():
+        eager = visual._features(x)
+    assert float((moved[0] - eager[0]).norm() / eager[0].norm()) < 1e-4
+
+    monkeypatch.setattr(compact_mod, "onnxruntime_available", lambda: False)
+    visual.invalidate()
+    visual._fast(x)
+    assert isinstance(next(iter(visual._traced.values())), torch.jit.ScriptModule)  # TorchScript instead
+    monkeypatch.setenv(ort_mod.RUNTIME_ENV, "onnxruntime")
+    visual.invalidate()
+    with pytest.raises(RuntimeError, match="onnxruntime is not installed"):
+        visual._fast(x)
+    monkeypatch.setenv(ort_mod.RUNTIME_ENV, "tensorrt")
+    with pytest.raises(ValueError, match="auto, onnxruntime, torchscript"):
+        visual._fast(x)
+
+    monkeypatch.setenv(ort_mod.RUNTIME_ENV, "auto")
+    monkeypatch.setattr(compact_mod, "onnxruntime_available", lambda: True)
+
+    class Broken(ort_mod.OrtEncoder):
+        def __init__(self, *a, **k):
+            raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(compact_mod, "OrtEncoder", Broken)
+    visual.invalidate()
+    with caplog.at_level("WARNING", logger="qualitune.vlm.compact"):
+        visual._fast(x)
+    assert "exporter exploded" in caplog.text and "TorchScript" in caplog.text
+
+
 def test_expected_scores_match_teacher_forcing(compact, photos):
     """Tree-attention scoring through SmolLM2 equals full forwards over prompt + answer digits."""
     model, tok = compact

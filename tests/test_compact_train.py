@@ -166,3 +166,83 @@ def test_compact_image_processor_resizes_whole_photos():
     assert out["image_grid_thw"].tolist() == [[1, 1, model.config.n_visual_tokens]] * 2
     # the whole frame is kept (no crop): the red photo stays red at the borders after the resize
     assert out["pixel_values"][0, 0, :, :8].mean() > out["pixel_values"][0, 1, :, :8].mean()
+
+
+def test_loading_merges_the_adapter_without_changing_scores(trained, frame):
+    from qualitune.scorer import load_scored_model
+
+    paths = frame["path"].tolist()[:4]
+    merged = Scorer.load(trained["dir"])
+    assert not any("lora" in n for n, _ in merged.model.named_parameters())  # folded into the weights
+    model, tok, spec = load_scored_model(trained["dir"])
+    assert any("lora_B" in n for n, _ in model.named_parameters())  # the plain load keeps the adapter
+    unmerged = Scorer(model, tok, spec)
+    a = [r["score"] for r in merged.score_paths(paths).results]
+    b = [r["score"] for r in unmerged.score_paths(paths).results]
+    assert a == pytest.approx(b, abs=1e-3)  # fp32 rounding of W + BA vs W x + B(A x), 30 layers
+
+
+def test_bfloat16_load_is_honoured_and_scores_stay_on_the_scale(trained, frame):
+    paths = frame["path"].tolist()
+    fp32 = Scorer.load(trained["dir"])
+    bf16 = Scorer.load(trained["dir"], dtype="bfloat16")
+    assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    a = [r["score"] for r in fp32.score_paths(paths, batch_size=4).results]
+    b = [r["score"] for r in bf16.score_paths(paths, batch_size=4).results]
+    assert all(x is not None and 10 <= x <= 50 for x in b)
+    # bf16 keeps ~3 significant digits: scores move (this barely trained model's by up to ~6 points,
+    # the BIQ2021 scorer's by 0.3 on average), but a broken cast would scatter them across the scale
+    assert sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a) < 3.0
+    visual = _unwrap(bf16.model).model.visual
+    pixels = torch.rand(1, 3, 8, 8)
+    assert visual.pixel_keys(pixels) != visual.pixel_keys(pixels.bfloat16())  # dtype is part of the key
+    assert visual.pixel_keys(pixels) == visual.pixel_keys(pixels.clone())
+
+
+def test_streamed_scoring_skips_bad_files_without_moving_other_scores(trained, frame, tmp_path):
+    good = frame["path"].tolist()[:6]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    missing = tmp_path / "missing.png"
+    mixed = [good[0], str(broken), good[1], good[2], str(missing), good[3], good[4], good[5]]
+    scorer = Scorer.load(trained["dir"])
+    run = scorer.score_paths(mixed, batch_size=3)
+    assert [r["path"] for r in run.results] == mixed
+    assert run.n_media_errors == 2
+    assert run.results[1]["score"] is None and "broken.jpg" in run.results[1]["error"]
+    assert run.results[4]["score"] is None and "missing.png" in run.results[4]["error"]
+    clean = scorer.score_paths(good, batch_size=3).results  # the same batches of readable files
+    got = [r["score"] for r in run.results if r["score"] is not None]
+    assert got == [r["score"] for r in clean]
+
+
+def test_score_photos_benchmark_compares_runtimes_on_the_same_scores(
+    trained, frame, tmp_path, capsys, monkeypatch
+):
+    import json
+    import sys
+    from pathlib import Path
+
+    from qualitune.vlm.onnx_runtime import RUNTIME_ENV
+
+    monkeypatch.setenv(RUNTIME_ENV, "auto")  # the benchmark switches it per configuration; restored after
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import score_photos
+
+    folder = Path(frame["path"].iloc[0]).parent
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"image_name": [Path(p).name for p in frame["path"]], "mos": frame["mos"]}).to_csv(
+        labels, index=False
+    )
+    argv = ["--model", str(trained["dir"]), "--images", str(folder), "--n", "5", "--batch-size", "2"]
+    argv += ["--repeats", "1", "--config", "fp32-torchscript", "--config", "fp32-onnxruntime"]
+    assert score_photos.main([*argv, "--labels", str(labels)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["config"] for r in rows] == ["fp32-torchscript", "fp32-onnxruntime"]
+    assert all(r["failed"] == 0 and r["images_per_s"] > 0 for r in rows)
+    assert rows[0]["speedup"] == 1.0
+    assert rows[1]["vs_first"]["max_abs_diff"] < 1e-2  # the two runtimes compute the same fp32 features
+    assert -1.0 <= rows[1]["vs_mos"]["srcc"] <= 1.0
+    assert score_photos.main([*argv[:4], "--n", "50"]) == 2  # too few photos: a clear refusal

@@ -46,3 +46,12 @@ def test_constant_predictions_give_nan_not_zero():
     assert math.isnan(m["srcc"]) and math.isnan(m["final"])
     with pytest.raises(ValueError, match="NaN"):
         correlations([1, 2, 3], [1, float("nan"), 3])
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_too_few_items_for_the_logistic_fit_keep_the_rank_metrics(n):
+    m = correlations(PRED[:n], MOS[:n])  # scipy refuses 4 parameters on <= 4 points: no crash, NaN
+    assert m["srcc"] == pytest.approx(stats.spearmanr(PRED[:n], MOS[:n]).statistic)
+    assert math.isnan(m["plcc_logistic"]) and math.isnan(m["rmse_logistic"])
+    with pytest.raises(ValueError, match="at least 5 items"):
+        logistic_fit(PRED[:n], MOS[:n])

@@ -113,3 +113,73 @@ def test_projector_standardise_gives_unit_scale_features():
     out = proj(g, m)
     assert out.shape == (50, 5, 5)
     assert torch.allclose(out.pow(2).mean(-1).sqrt(), torch.full((50, 5), 2.0), atol=1e-3)
+
+
+def _photo_root(tmp_path: Path, n: int, name: str, seed: int) -> Path:
+    """A root of textured photos large enough for every annotator (NIQE needs 96-px blocks)."""
+    from media_factory import write_image
+
+    root = tmp_path / name
+    (root / "images").mkdir(parents=True)
+    names = [f"p ({i}).jpg" for i in range(n)]
+    for i, fname in enumerate(names):
+        write_image(root / "images" / fname, seed=seed + i, size=(256, 224))
+    mos = np.linspace(1.0, 5.0, n)
+    pd.DataFrame({"image_name": names, "mos": mos}).to_csv(root / "labels.csv", index=False)
+    return root
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_the_saved_scorer_on_a_new_root(tmp_path, capsys):
+    """End to end on tiny roots: train + save, then `--scorer` scores another root without training."""
+    import json
+
+    train = _photo_root(tmp_path, 24, "train_ds", seed=0)
+    first = _photo_root(tmp_path, 6, "eval_a", seed=100)
+    second = _photo_root(tmp_path, 6, "eval_b", seed=200)
+    common = ["--train-root", str(train), "--cache", str(tmp_path / "ann"), "--feature-cache", ""]
+    common += ["--threads", "2", "--batch-size", "4", "--speed-items", "4"]
+    sets = [
+        "train.epochs=1",
+        "train.batch_size=4",
+        "eval.modes=[expected]",
+        "instability.n=0",
+        "val_share=0.25",
+    ]
+    common += [a for s in sets for a in ("--set", s)]
+    out1, out2 = tmp_path / "a.json", tmp_path / "b.json"
+    saved = tmp_path / "scorer"
+    assert (
+        real_data.main([*common, "--eval-root", str(first), "--out", str(out1), "--save-scorer", str(saved)])
+        == 0
+    )
+    res1 = json.loads(out1.read_text())
+    assert res1["eval_a"]["n"] == 6 and set(res1["eval_a"]["baselines"]) == {"pmod_mean", "linear_probe"}
+    assert res1["run"]["history"]["train"]["steps"] > 0 and "train" in res1["wall_seconds"]
+    assert (saved / "qualitune_scorer.json").is_file()
+
+    assert (
+        real_data.main([*common, "--eval-root", str(second), "--out", str(out2), "--scorer", str(saved)]) == 0
+    )
+    res2 = json.loads(out2.read_text())
+    assert res2["run"]["history"] == {"scorer": str(saved), "trained": False}
+    assert "train" not in res2["wall_seconds"]
+    assert res2["eval_b"]["n"] == 6 and all(np.isfinite(res2["eval_b"][k]) for k in ("srcc", "plcc"))
+    # the probe and PMOD come from the same train subset and seed: identical on the train root's val split
+    val = "val:train_ds"
+    assert res2[val]["baselines"]["linear_probe"] == res1[val]["baselines"]["linear_probe"]
+    assert res2[val]["srcc"] == pytest.approx(res1[val]["srcc"], abs=1e-6)  # same scorer, reloaded
+    with pytest.raises(SystemExit):
+        real_data.main(
+            [
+                *common,
+                "--eval-root",
+                str(second),
+                "--out",
+                str(out2),
+                "--scorer",
+                str(saved),
+                "--save-scorer",
+                "x",
+            ]
+        )

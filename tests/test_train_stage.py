@@ -148,6 +148,18 @@ def test_score_cli_json_lines_and_bad_files_reported(trained):
     assert "media errors 2" in res.stderr
 
 
+def test_score_cli_dtype_option_loads_in_that_dtype(trained):
+    good = sorted(str(p) for p in (trained / "media").glob("*.png"))[:2]
+    fp32 = _cli("score", "--model", "models/scorer", "--json", *good, cwd=trained)
+    bf16 = _cli("score", "--model", "models/scorer", "--json", "--dtype", "bfloat16", *good, cwd=trained)
+    assert fp32.returncode == 0 and bf16.returncode == 0, bf16.stderr
+    a = [json.loads(line)["score"] for line in fp32.stdout.splitlines()]
+    b = [json.loads(line)["score"] for line in bf16.stdout.splitlines()]
+    assert all(10 <= x <= 50 for x in b) and a != b  # really computed in bf16: the scores moved a little
+    bad = _cli("score", "--model", "models/scorer", "--dtype", "int8", *good, cwd=trained)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
 def test_scores_do_not_depend_on_batch_size(trained):
     from qualitune.scorer import Scorer
 

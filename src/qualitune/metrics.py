@@ -30,6 +30,8 @@ def logistic_fit(pred, mos) -> np.ndarray:
 
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(mos, dtype=np.float64)
+    if len(x) <= 4:  # four parameters: fewer points than that make the fit meaningless (scipy refuses)
+        raise ValueError(f"logistic fit needs at least 5 items, got {len(x)}")
     p0 = [float(y.max()), float(y.min()), float(np.mean(x)), float(np.std(x)) or 1.0]
     import warnings
 

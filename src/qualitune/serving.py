@@ -493,6 +493,7 @@ class ScoringService:
 
     ref: str
     device: str | None = None
+    dtype: str | None = None  # None: the scorer's own (fp32 for the compact backend)
     scorer: Scorer | None = None
     source: str | None = None  # the scorer folder the reference resolved to
     error: str | None = None  # why loading failed (the server then stops)
@@ -524,7 +525,7 @@ class ScoringService:
 
         started = time.perf_counter()
         folder = Path(self.source) if self.source else self.resolve()
-        self.scorer = Scorer.load(folder, device=self.device)
+        self.scorer = Scorer.load(folder, device=self.device, dtype=self.dtype)
         self.warm_up()
         self.ready = True
         log.info(

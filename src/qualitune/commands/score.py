@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from qualitune.commands import add_model_runtime_arguments, default_device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -36,12 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_model_runtime_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from qualitune.commands.annotate import expand_paths
     from qualitune.scorer import Scorer
@@ -49,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_paths(args.paths)
     if not paths:
         raise ValueError(f"no media files found in {', '.join(args.paths)}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else None)
-    scorer = Scorer.load(args.model, device=device)
+    scorer = Scorer.load(args.model, device=default_device(args.device), dtype=args.dtype)
     run_ = scorer.score_paths([str(p) for p in paths], mode=args.mode, batch_size=args.batch_size)
     for r in run_.results:
         if args.json:

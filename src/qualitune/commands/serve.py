@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qualitune.commands import add_model_runtime_arguments, default_device
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-request-mb", type=float, default=None, help="request body limit (serve.max_request_mb)"
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_model_runtime_arguments(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -60,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings.from_params(
         params, host=args.host, port=args.port, max_request_mb=args.max_request_mb
     )
-    device = args.device
-    if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else None
-    service = ScoringService(ref=args.model, device=device)
+    service = ScoringService(ref=args.model, device=default_device(args.device), dtype=args.dtype)
     service.resolve()  # a wrong reference fails here, before the port opens
     sock = bind(settings.host, settings.port)
     serve(service, settings, sock=sock, log_level=args.log_level)

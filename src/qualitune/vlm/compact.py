@@ -19,8 +19,9 @@ turn, which would cost ~10 tokens per item on a CPU), and the image processor an
 as Qwen's, so prompts, LoRA targets, the four tuning modes, both scoring modes, checkpoints, the
 registry and serving take this model through the same code as a 7B checkpoint.
 
-Speed on 2 cores: a frozen encoder is traced and frozen with TorchScript in channels-last layout
-(~3x faster than eager), and its features are cached by content hash, so training epochs after the
+Speed on 2 cores: a frozen encoder runs on ONNX Runtime (`qualitune.vlm.onnx_runtime`; the
+exported graph is cached per weights) or, without it, TorchScript-frozen in channels-last layout
+(~3x faster than eager); its features are cached by content hash, so training epochs after the
 first never re-run it (IOVQA and the warm-up keep the encoder frozen; VITAL's encoder-centred mode
 trains it and takes the eager path).
 """
@@ -28,6 +29,7 @@ trains it and takes the eager path).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -62,6 +64,9 @@ from qualitune.vlm.efficientnet import (
     load_efficientnet_lite0,
 )
 from qualitune.vlm.model import COMPACT_NAME  # noqa: F401  (re-exported: the name that selects it)
+from qualitune.vlm.onnx_runtime import RUNTIME_ENV, OrtEncoder, onnxruntime_available, requested_runtime
+
+log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -142,7 +147,10 @@ class CompactConfig(PretrainedConfig):
         """What a vision transfer must match (`qualitune.vlm.trainable.transfer_vision`); a property,
         so it stays out of `to_dict`."""
         return PretrainedConfig(
-            encoder="efficientnet-lite0", image_size=self.image_size, grid=self.grid, projector_hidden=self.projector_hidden
+            encoder="efficientnet-lite0",
+            image_size=self.image_size,
+            grid=self.grid,
+            projector_hidden=self.projector_hidden,
         )
 
 
@@ -194,21 +202,38 @@ class Projector(nn.Module):
         return tokens * self.scale
 
 
+class _EncoderMaps(nn.Module):
+    """The encoder's feature maps the projector reads: the head map, then `GLOBAL_STAGES`' outputs.
+    A plain tuple of tensors, so it traces (TorchScript) and exports (ONNX) as it is."""
+
+    def __init__(self, encoder: EfficientNetLite0):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        head, stages = self.encoder.forward_features(x)
+        return (head, *(stages[i] for i in GLOBAL_STAGES))
+
+
+def pool_features(maps: tuple[torch.Tensor, ...], grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature maps -> the projector's inputs (what the feature cache stores): the global vector of
+    per-channel means and standard deviations, and the head map pooled to `grid` x `grid`."""
+    stats = [t for m in maps for t in (m.mean(dim=(2, 3)), m.std(dim=(2, 3)))]
+    global_feats = torch.cat(stats, dim=1)
+    grid_feats = F.adaptive_avg_pool2d(maps[0], grid).flatten(2).transpose(1, 2)  # (N, G*G, 1280)
+    return global_feats, grid_feats
+
+
 class _Features(nn.Module):
-    """The encoder's forward reduced to the projector's inputs (what the feature cache stores)."""
+    """The encoder's forward reduced to the projector's inputs (the eager and TorchScript path)."""
 
     def __init__(self, encoder: EfficientNetLite0, grid: int):
         super().__init__()
-        self.encoder = encoder
+        self.maps = _EncoderMaps(encoder)
         self.grid = grid
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        head, stages = self.encoder.forward_features(x)
-        maps = [head] + [stages[i] for i in GLOBAL_STAGES]
-        stats = [t for m in maps for t in (m.mean(dim=(2, 3)), m.std(dim=(2, 3)))]
-        global_feats = torch.cat(stats, dim=1)
-        grid_feats = F.adaptive_avg_pool2d(head, self.grid).flatten(2).transpose(1, 2)  # (N, G*G, 1280)
-        return global_feats, grid_feats
+        return pool_features(self.maps(x), self.grid)
 
 
 class CompactVisual(nn.Module):
@@ -247,21 +272,47 @@ class CompactVisual(nn.Module):
         return not any(p.requires_grad for p in self.encoder.parameters())
 
     def _fast(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen encoder, TorchScript-traced and frozen (conv+BN folded) in channels-last."""
+        """The frozen encoder's features, on ONNX Runtime (CPU, float32, `onnxruntime` installed;
+        `qualitune.vlm.onnx_runtime`) or else TorchScript-traced and frozen (conv+BN folded) in
+        channels-last. Both compute what the eager `_features` does, to float rounding."""
         key = (tuple(x.shape[1:]), x.dtype, x.device.type)
         fn = self._traced.get(key)
         if fn is None:
-            import copy
-
-            module = copy.deepcopy(self._features).eval().to(memory_format=torch.channels_last)
-            example = x[:1].contiguous(memory_format=torch.channels_last)
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore")  # TF-same padding reads shapes: fixed per traced size
-                fn = torch.jit.freeze(torch.jit.trace(module, example))
-            self._traced = {key: fn}  # the encoder may have changed since an older trace
+            fn = self._build_fast(x)
+            self._traced = {key: fn}  # the encoder may have changed since an older build
         with torch.inference_mode():
-            g, m = fn(x.contiguous(memory_format=torch.channels_last))
+            if isinstance(fn, OrtEncoder):
+                g, m = pool_features(fn(x), self.config.grid)
+            else:
+                g, m = fn(x.contiguous(memory_format=torch.channels_last))
         return g.clone(), m.clone()
+
+    def _build_fast(self, x: torch.Tensor):
+        import copy
+
+        runtime = requested_runtime()
+        if runtime != "torchscript" and x.device.type == "cpu" and x.dtype == torch.float32:
+            if onnxruntime_available():
+                from qualitune.vlm.tokenizer import default_cache_dir
+
+                try:
+                    return OrtEncoder(
+                        copy.deepcopy(self._features.maps),
+                        x[:1].detach(),
+                        name="efficientnet-lite0",
+                        cache_dir=default_cache_dir(),
+                    )
+                except Exception as exc:  # noqa: BLE001 -- any export/runtime failure: the slower path
+                    if runtime == "onnxruntime":
+                        raise RuntimeError(f"{RUNTIME_ENV}=onnxruntime, but it failed: {exc}") from exc
+                    log.warning("ONNX Runtime encoder unavailable (%s); using TorchScript", exc)
+            elif runtime == "onnxruntime":
+                raise RuntimeError(f"{RUNTIME_ENV}=onnxruntime, but onnxruntime is not installed")
+        module = copy.deepcopy(self._features).eval().to(memory_format=torch.channels_last)
+        example = x[:1].contiguous(memory_format=torch.channels_last)
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # TF-same padding reads shapes: fixed per traced size
+            return torch.jit.freeze(torch.jit.trace(module, example))
 
     def invalidate(self) -> None:
         """Forget traced encoders and cached features (after the encoder's weights change)."""
@@ -282,7 +333,14 @@ class CompactVisual(nn.Module):
     @staticmethod
     def pixel_keys(pixel_values: torch.Tensor) -> list[str]:
         """Content keys of the feature cache, one per image."""
-        return [hashlib.sha1(row.detach().cpu().numpy().tobytes()).hexdigest() for row in pixel_values]
+        # Raw bytes, whatever the dtype (numpy has no bfloat16). A non-float32 dtype joins the key;
+        # float32 keys stay plain, so feature caches kept on disk by earlier runs remain valid.
+        rows = pixel_values.detach().cpu().contiguous()
+        tag = b"" if rows.dtype == torch.float32 else str(rows.dtype).encode()
+        return [
+            hashlib.sha1(tag + row.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+            for row in rows
+        ]
 
     def cached(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The feature cache (content key -> (global, grid) features), e.g. to save it to disk."""
@@ -517,17 +575,20 @@ class CompactImageProcessor:
         self.n_tokens = int(n_tokens)
         self.patch_size = self.image_size
 
+    def prepare(self, image):
+        """The resize `__call__` does, on its own: `Scorer.score_paths` runs it in its decode
+        thread, ahead of the model (an image already at the size passes through untouched)."""
+        from PIL import Image
+
+        im = image.convert("RGB")
+        size = (self.image_size, self.image_size)
+        return im if im.size == size else im.resize(size, Image.BICUBIC)
+
     def __call__(self, images, return_tensors: str = "np") -> dict[str, np.ndarray]:
         from PIL import Image
 
         images = [images] if isinstance(images, Image.Image) else list(images)
-        size = (self.image_size, self.image_size)
-        arrays = []
-        for im in images:
-            im = im.convert("RGB")
-            if im.size != size:
-                im = im.resize(size, Image.BICUBIC)
-            arrays.append(np.asarray(im, dtype=np.float32).transpose(2, 0, 1))
+        arrays = [np.asarray(self.prepare(im), dtype=np.float32).transpose(2, 0, 1) for im in images]
         pixels = (np.stack(arrays) / 255.0 - INPUT_MEAN) / INPUT_STD
         grid = np.tile(np.array([[1, 1, self.n_tokens]], dtype=np.int64), (len(arrays), 1))
         return {"pixel_values": pixels.astype(np.float32), "image_grid_thw": grid}
