@@ -246,3 +246,18 @@ def test_score_photos_benchmark_compares_runtimes_on_the_same_scores(
     assert rows[1]["vs_first"]["max_abs_diff"] < 1e-2  # the two runtimes compute the same fp32 features
     assert -1.0 <= rows[1]["vs_mos"]["srcc"] <= 1.0
     assert score_photos.main([*argv[:4], "--n", "50"]) == 2  # too few photos: a clear refusal
+
+
+def test_loaded_scorer_bounds_its_feature_cache(trained, frame, monkeypatch):
+    paths = frame["path"].tolist()[:4]
+    visual = _unwrap(Scorer.load(trained["dir"]).model).model.visual
+    assert visual.max_cached == 1024  # a server must not keep every photo it ever saw
+    monkeypatch.setenv("QUALITUNE_SCORER_FEATURE_CACHE", "2")
+    scorer = Scorer.load(trained["dir"])
+    visual = _unwrap(scorer.model).model.visual
+    first = [r["score"] for r in scorer.score_paths(paths, batch_size=4).results]
+    assert len(visual._cache) == 2  # the two photos stored last
+    again = [r["score"] for r in scorer.score_paths(paths, batch_size=4).results]
+    assert again == pytest.approx(first, abs=1e-6)  # evicted photos are simply recomputed
+    # the training model keeps its large cache: only loading for inference bounds it
+    assert _unwrap(trained["model"]).model.visual.max_cached > 1024

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from qualitune.vlm.answers import ParseReport
-from qualitune.vlm.inputs import encode_batch
+from qualitune.vlm.inputs import _unwrap, encode_batch
 from qualitune.vlm.scoring import SCORING_MODES, ItemScore, format_scores, generate_texts
 from qualitune.vlm.tasks import DESCRIBE_QUESTION, AnswerFormat
 
@@ -218,6 +219,9 @@ class Scorer:
         model, tok, spec = load_scored_model(
             resolve_model_ref(ref), device=device, dtype=dtype, merge_adapters=True
         )
+        visual = getattr(getattr(_unwrap(model), "model", None), "visual", None)
+        if hasattr(visual, "limit_cache"):  # the compact backend's feature cache: bounded for serving
+            visual.limit_cache(int(os.environ.get("QUALITUNE_SCORER_FEATURE_CACHE", "1024")))
         return cls(model, tok, spec)
 
     def _encode(self, items: Sequence[Any], prompts: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:

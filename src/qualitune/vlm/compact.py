@@ -257,6 +257,8 @@ class CompactVisual(nn.Module):
         self._features = _Features(self.encoder, config.grid)
         self._traced: dict[tuple, Any] = {}
         self.cache_features = True
+        # ~37 KB per photo: 50,000 (1.8 GB) holds a large training set across epochs. `Scorer.load`
+        # lowers it (`limit_cache`): a server sees mostly new photos, and must not grow without end.
         self.max_cached = int(os.environ.get("QUALITUNE_FEATURE_CACHE", "50000"))
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._version_seen = -1
@@ -319,6 +321,12 @@ class CompactVisual(nn.Module):
         self._traced.clear()
         self._cache.clear()
 
+    def limit_cache(self, n: int) -> None:
+        """Keep at most `n` photos' features (the least recently stored go first)."""
+        self.max_cached = max(0, int(n))
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+
     def clear_cache(self) -> None:
         """Forget cached features only (e.g. to time scoring as a first-time user sees it)."""
         self._cache.clear()
@@ -363,16 +371,19 @@ class CompactVisual(nn.Module):
         if not self.cache_features:
             return self._fast(pixel_values)
         keys = self.pixel_keys(pixel_values)
-        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        # this batch's features, gathered before any eviction (a batch may exceed the cache's size)
+        rows = {i: self._cache[k] for i, k in enumerate(keys) if k in self._cache}
+        missing = [i for i in range(len(keys)) if i not in rows]
         if missing:
             g, m = self._fast(pixel_values[missing])
             for j, i in enumerate(missing):
-                self._cache[keys[i]] = (g[j].cpu(), m[j].cpu())
+                rows[i] = (g[j].cpu(), m[j].cpu())
+                self._cache[keys[i]] = rows[i]
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
         dev = pixel_values.device
-        g = torch.stack([self._cache[k][0] for k in keys]).to(dev)
-        m = torch.stack([self._cache[k][1] for k in keys]).to(dev)
+        g = torch.stack([rows[i][0] for i in range(len(keys))]).to(dev)
+        m = torch.stack([rows[i][1] for i in range(len(keys))]).to(dev)
         return g, m
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
