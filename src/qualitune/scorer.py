@@ -13,9 +13,10 @@ A scorer directory (what the `train` stage writes to `models/scorer/`) holds:
   encoder-centred mode, the projector in warm-up, everything in full fine-tuning).
 
 Loading rebuilds the base, applies the adapter and copies the weights, all from safetensors and
-with `trust_remote_code` off, then casts to the requested dtype (e.g. `bfloat16` for CPUs with
-native bf16 arithmetic: README "The compact CPU backend" has the measured speed and accuracy). The base itself is referenced, not copied: a 7B checkpoint stays in
-the user's cache, and the tiny model is rebuilt bit for bit from its seed.
+with `trust_remote_code` off, then casts to the requested dtype (README "The compact CPU backend"
+has what bf16 does to the compact scorer's speed and scores). The base itself is referenced, not
+copied: a 7B checkpoint stays in the user's cache, and the tiny model is rebuilt bit for bit from
+its seed.
 """
 
 from __future__ import annotations
@@ -302,15 +303,9 @@ class Scorer:
         n_errors = 0
 
         def flush(items: list[tuple[int, Any, str]]) -> None:
-            scores, descriptions = self.score_items(
-                [c[1] for c in items],
-                [c[2] for c in items],
-                mode=mode,
-                report=report,
-                index_offset=len(scored),
+            self.score_into(
+                results, items, mode=mode, batch_size=len(items), report=report, index_offset=len(scored)
             )
-            for (i, _, _), sc, desc in zip(items, scores, descriptions, strict=True):
-                results[i].update(self._result(sc, desc, mode))
             scored.extend(i for i, _, _ in items)
 
         chunks = iter(range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size))
@@ -363,13 +358,19 @@ class Scorer:
         mode: str,
         batch_size: int,
         report: ParseReport,
+        index_offset: int = 0,
     ) -> None:
         """Score decoded items `(result index, media, kind)` in batches, updating `results` in place
-        (shared by file scoring and the pyfunc's bytes scoring)."""
+        (shared by file scoring and the pyfunc's bytes scoring). Parse failures go to `report` under
+        the item's position in `ok` plus `index_offset`."""
         for start in range(0, len(ok), batch_size):
             chunk = ok[start : start + batch_size]
             scores, descriptions = self.score_items(
-                [c[1] for c in chunk], [c[2] for c in chunk], mode=mode, report=report, index_offset=start
+                [c[1] for c in chunk],
+                [c[2] for c in chunk],
+                mode=mode,
+                report=report,
+                index_offset=index_offset + start,
             )
             for (i, _, _), sc, desc in zip(chunk, scores, descriptions, strict=True):
                 results[i].update(self._result(sc, desc, mode))

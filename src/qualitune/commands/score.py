@@ -43,7 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from qualitune.commands.annotate import expand_paths
     from qualitune.scorer import Scorer
 
