@@ -42,12 +42,15 @@ bench: $(STAMP)
 	$(PY) benchmarks/score_throughput.py --quick --device cpu
 	$(PY) benchmarks/train_throughput.py --quick --device cpu
 
-# The compact backend on real photos (README "Measured on BIQ2021"); ~45 min on 2 cores.
+# The real-photo experiment: the same dvc.yaml stages with the params overlay configs/params/real-data.yaml,
+# run as the DVC experiment `real-data` (`dvc exp show`); outputs under data/real, models/real, reports/real.
+# About 45 min on 2 cores for 4,000 photos. `make real-data BIQ=DIR SET="train.pretrain.enabled=true"`.
 BIQ ?= ../shared/datasets/biq2021-train-subset
+EXP ?= real-data
+SET ?=
 real-data: $(STAMP)
-	$(PY) benchmarks/split_root.py --root $(BIQ) --train-out data/biq2021-train --heldout-out data/biq2021-heldout --heldout 500 --seed 0
-	$(PY) benchmarks/real_data.py --train-root data/biq2021-train --eval-root data/biq2021-heldout \
-		--out reports/real_data/main.json --set max_train_images=4000 --save-scorer models/compact-biq2021
+	$(RUN) qualitune experiment configs/params/real-data.yaml --name $(EXP) --set ingest.root=$(BIQ) \
+		$(foreach s,$(SET),--set $(s))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests flows benchmarks

@@ -1,108 +1,58 @@
-"""The ablations of the README's "Real data" table, each a `real_data.py` run with overrides.
+"""The README's ablations as DVC experiments of the real-data pipeline, then one table.
 
-    python benchmarks/real_data_ablation.py --train-root data/biq2021-train \\
-        --eval-root data/biq2021-heldout --out-dir reports/real_data/ablation [--train-images 1000]
+    python benchmarks/real_data_ablation.py [--only NAME ...] [--table-only] [--set key=value ...]
 
-Runs, on the same train subset, seed and held-out root:
-- IOVQA's label study: decimal labels, integer labels (loss on the whole answer), integer labels
-  with the integer-only mask (the recipe);
-- VITAL: the recipe with PMOD pre-training of projector + LoRA first;
-- one-stage (the recipe) vs two-stage reasoning (describe, then score from the description);
-each with the instability of its answers (sampled, T=0.7). Prints a markdown table and writes one
-JSON per variant plus `summary.json`.
+Each variant is `qualitune experiment configs/params/real-data.yaml configs/params/real-data-ablation.yaml
+--name abl-NAME --target evaluate` with the variant's `--set` values (500 train photos, outputs under
+models/real/ablation and reports/real/ablation). The table comes from `dvc exp show --json`: held-out
+(test) SRCC/PLCC in expected mode beside both baselines, and the share of photos whose level changed.
 """
-
-from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import real_data  # noqa: E402
-
-VARIANTS: dict[str, list[str]] = {
-    "decimal labels": ["train.answer_format=decimal"],
-    "integer labels": ["train.loss_on=answer"],
-    "integer + integer-only mask": [],
-    "integer + mask, PMOD pre-training": ["pretrain.enabled=true"],
-    "two-stage (describe, then score)": ["train.method=two_stage", "train.stage1_epochs=1"],
+VARIANTS = {
+    "decimal": ["train.answer_format=decimal"],
+    "integer": ["train.loss_on=answer"],
+    "integer-mask": [],
+    "pmod-pretrain": ["train.pretrain.enabled=true"],
+    "two-stage": ["train.method=two_stage"],
 }
+OVERLAYS = ["configs/params/real-data.yaml", "configs/params/real-data-ablation.yaml"]
 
 
-def _target(out: Path, name: str) -> Path:
-    """The variant's results JSON in the output folder."""
-    return out / (name.split(" (")[0].replace(" ", "_").replace(",", "").replace("+", "plus") + ".json")
+def run(name: str, extra: list[str]) -> None:
+    sets = [a for s in VARIANTS[name] + extra for a in ("--set", s)]
+    cmd = ["qualitune", "experiment", *OVERLAYS, "--name", f"abl-{name}", "--target", "evaluate", *sets]
+    subprocess.run([sys.executable, "-m", "qualitune.cli", *cmd[1:]], check=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train-root", required=True)
-    p.add_argument("--eval-root", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--train-images", type=int, default=1000)
-    p.add_argument("--epochs", type=float, default=2)
-    p.add_argument("--only", action="append", help="run only these variants (repeatable)")
-    p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args(argv)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    common = [
-        f"max_train_images={args.train_images}",
-        f"train.epochs={args.epochs}",
-        "eval.modes=[expected]",
-        "eval.val=false",
-        "instability.n=48",
-    ]
-    for name, sets in VARIANTS.items():
-        if args.only and name not in args.only:
-            continue
-        argv_run = [
-            "--train-root",
-            args.train_root,
-            "--eval-root",
-            args.eval_root,
-            "--out",
-            str(_target(out, name)),
-        ]
-        argv_run += ["--threads", str(args.threads), "--speed-items", "16"]
-        for s in common + sets:
-            argv_run += ["--set", s]
-        print(f"=== {name}: {' '.join(sets) or '(recipe)'}", flush=True)
-        rc = real_data.main(argv_run)
-        if rc != 0:
-            return rc
-    # The table gathers every variant's JSON in the folder: `--only` reruns some, the rest stay.
-    summary = {}
-    for name in VARIANTS:
-        if not _target(out, name).is_file():
-            continue
-        res = json.loads(_target(out, name).read_text())
-        held = res[Path(args.eval_root).name]
-        summary[name] = {
-            "srcc": held["srcc"],
-            "plcc": held["plcc"],
-            "n": held["n"],
-            "parse_failures": held.get("parse_failures"),
-            "instability": res.get("instability"),
-            "train_seconds": res["wall_seconds"].get("train"),
-            "pretrain_seconds": res["wall_seconds"].get("pretrain"),
-        }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("| variant | SRCC | PLCC | share of answers changed | level changed | mean item std | train s |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in summary.items():
-        inst = r["instability"] or {}
-        secs = (r["train_seconds"] or 0) + (r["pretrain_seconds"] or 0)
-        print(
-            f"| {name} | {r['srcc']:.3f} | {r['plcc']:.3f} | {inst.get('share_changed', float('nan')):.2f} | "
-            f"{inst.get('share_level_changed', float('nan')):.2f} | {inst.get('mean_item_std', float('nan')):.2f} | {secs:.0f} |"
-        )
-    return 0
+def table() -> None:
+    show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], capture_output=True)
+    print(
+        "| variant | SRCC | PLCC | probe SRCC | PMOD-mean SRCC | level changed |\n|---|---|---|---|---|---|"
+    )
+    for exp in (e for rev in json.loads(show.stdout) for e in rev.get("experiments") or []):
+        data = exp["revs"][0]["data"]
+        name = (exp.get("name") or "").removeprefix("abl-")
+        m = (data.get("metrics") or {}).get(OVERLAY_METRICS, {}).get("data")
+        if name in VARIANTS and m:
+            t, b, inst = m["test"]["expected"], m["test"]["baselines"], m["instability"]
+            probe, pmod = b["linear_probe"]["srcc"], b["pmod_mean"]["srcc"]
+            print(f"| {name} | {t['srcc']:.3f} | {t['plcc']:.3f} | {probe:.3f} | {pmod:.3f} |", end="")
+            print(f" {inst['share_level_changed']:.2f} |")
 
+
+OVERLAY_METRICS = "reports/real/ablation/eval_metrics.json"
 
 if __name__ == "__main__":
-    sys.exit(main())
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--table-only", action="store_true")
+    p.add_argument("--set", action="append", default=[], help="one more params value for every variant")
+    a = p.parse_args()
+    for v in [] if a.table_only else a.only:
+        run(v, a.set)
+    table()

@@ -20,9 +20,20 @@ RAW = "raw"  # ingest.root of the copy: a dataset folder that grows between retr
 SPLITS = ("train", "train", "val", "train", "test", "val")
 
 
-def tiny_params() -> dict:
-    """The real params.yaml with every section shrunk to seconds (same keys, same stages)."""
+def base_params() -> dict:
+    """The real params.yaml with the documented test-model overlay applied
+    (configs/params/tiny-qwen.yaml: the tiny random Qwen2.5-VL instead of the compact backend)."""
+    from qualitune import overlay
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    changes = overlay.leaves(overlay.read_overlay(ROOT / "configs" / "params" / "tiny-qwen.yaml"), params)
+    overlay.check_keys(params, changes)
+    return overlay.apply(params, changes)
+
+
+def tiny_params() -> dict:
+    """The real params.yaml on the tiny Qwen with every section shrunk to seconds (same keys, same stages)."""
+    params = base_params()
     params["demo"].update(
         crops_per_image=1, distortions=["jpeg"], levels=[1, 5], n_video_clips=0, video_variants=0, workers=1
     )

@@ -253,3 +253,59 @@ def test_shared_question_prefix_is_computed_once_with_the_same_scores(compact, p
     assert torch.allclose(shared, plain, atol=2e-4)
     one = encode_batch(photos[:1], Q, tokenizer=tok, image_processor=proc)
     assert shared_prefix_length(model_inputs(model, one)) == 0  # one row: nothing to share
+
+
+def test_training_forward_shares_the_question_prefix_with_the_same_gradients(photos):
+    """Training runs the shared question once per batch too: same hidden states, same LoRA and
+    projector gradients as the per-row forward."""
+    from qualitune.vlm.forward import decoder_hidden, training_prefix_length
+
+    model, tok = load_model(COMPACT_NAME, seed=0)
+    model = apply_tuning(
+        model, "warmup", LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj"))
+    )
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    proc = make_processor(model, 0, 0)
+    batch = encode_batch(
+        photos, Q, ["35", "20", "41", "12"], tokenizer=tok, image_processor=proc, padding_side="right"
+    )
+    assert (
+        training_prefix_length(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"]) > 20
+    )
+
+    def grads(share: bool):
+        model.zero_grad(set_to_none=True)
+        hidden = decoder_hidden(model, batch, share_prefix=share)
+        (hidden[:, -3:] ** 2).mean().backward()
+        return hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    h_plain, g_plain = grads(False)
+    h_shared, g_shared = grads(True)
+    assert torch.allclose(h_shared, h_plain, atol=1e-4), (h_shared - h_plain).abs().max()
+    assert g_plain.keys() == g_shared.keys() and any("merger" in n for n in g_plain)
+    for n in g_plain:
+        assert torch.allclose(g_shared[n], g_plain[n], rtol=1e-3, atol=1e-6), n
+
+
+def test_logit_lens_and_attention_read_every_decoder_layer(tmp_path, photos):
+    from qualitune import analysis
+    from qualitune.scorer import Scorer, ScorerSpec
+
+    model, tok = load_model(COMPACT_NAME, seed=0)
+    scorer = Scorer(
+        model, tok, ScorerSpec(base_model=COMPACT_NAME, answer_format={"kind": "integer", "lo": 10, "hi": 50})
+    )
+    paths = []
+    for i, im in enumerate(photos[:2]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        im.resize((96, 96)).save(paths[-1])
+    lens = analysis.logit_lens(scorer, paths, top_k=3)
+    n_layers = len(model.model.language_model.layers)
+    assert lens["layer"].nunique() == n_layers + 1 and lens["rank"].max() == 3
+    att = analysis.attention_shares(scorer, paths)
+    assert att["layer"].nunique() == n_layers
+    assert ((att.groupby("layer")["share"].sum() - 1).abs() < 1e-4).all()

@@ -29,6 +29,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from project_factory import base_params
 from qualitune.manifest import write_manifest
 from vlm_factory import training_frame
 
@@ -39,7 +40,7 @@ def _project(tmp: Path, batch_size: int) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     df = training_frame(tmp / "media", n=22, splits=("train", "train", "val"))  # 15 train, 7 val
     write_manifest(df, tmp / "data" / "pmod.parquet")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = base_params()
     params["model"].update(min_pixels=56 * 56, max_pixels=84 * 84, n_frames=1)
     params["train"].update(
         data="data/pmod.parquet",

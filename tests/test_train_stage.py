@@ -16,6 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from project_factory import base_params
 from qualitune.manifest import write_manifest
 from vlm_factory import run_stages_in, training_frame
 
@@ -27,7 +28,7 @@ def _project(tmp: Path, **train_overrides) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     df = training_frame(tmp / "media", n=24, splits=("train", "train", "val"))
     write_manifest(df, tmp / "data" / "pmod.parquet")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = base_params()
     params["model"].update(min_pixels=56 * 56, max_pixels=84 * 84, n_frames=1)
     params["train"].update(
         {

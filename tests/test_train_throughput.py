@@ -281,3 +281,31 @@ def test_the_benchmark_runs_both_trainers_on_the_same_loss(tmp_path):
     for run in ("ours", "ours_options_off", "baseline"):
         assert report[run]["steps"] == 3 and report[run]["samples_per_s"] > 0 and report[run]["mfu"] > 0
     assert report["speedup_samples_per_s"] > 0
+
+
+def test_a_shared_prompt_prefix_runs_once_with_the_same_hidden_states_and_gradients(frame):
+    model, tok = _model()
+    phases = build_phases(frame, TrainSettings(method="two_stage"))  # stage 2: text only, one question
+    batch = encode_examples(
+        phases[1].examples[:6], tokenizer=tok, image_processor=PROC, n_frames=1, video_mode="frames"
+    )
+    n = fwd.training_prefix_length(batch["input_ids"], batch["attention_mask"], batch["mm_token_type_ids"])
+    assert n >= fwd.MIN_SHARED_PREFIX
+    real = batch["attention_mask"].bool()
+    reference = decoder_hidden(model, batch, share_prefix=False)
+    plain = _grads(model, (reference[real] ** 2).mean())
+    shared = decoder_hidden(model, batch)
+    fast = _grads(model, (shared[real] ** 2).mean())
+    assert torch.allclose(shared[real], reference[real], atol=1e-5), (
+        (shared[real] - reference[real]).abs().max()
+    )
+    assert any("lora_A" in k and float(v.abs().sum()) > 0 for k, v in fast.items())
+    for name in plain:
+        assert torch.allclose(fast[name], plain[name], rtol=1e-4, atol=1e-6), name
+    one_row = {k: v[:1] if isinstance(v, torch.Tensor) else v[:1] for k, v in batch.items()}
+    assert (
+        fwd.training_prefix_length(
+            one_row["input_ids"], one_row["attention_mask"], one_row["mm_token_type_ids"]
+        )
+        == 0
+    )

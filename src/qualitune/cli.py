@@ -22,10 +22,12 @@ COMMANDS = (
     "pmod",
     "train",
     "score",
+    "evaluate",
     "tune",
     "register",
     "serve",
     "schedule",
+    "experiment",
 )
 
 

@@ -788,10 +788,32 @@ def _display_path(path: Path, cwd: Path) -> str:
         return absolute.as_posix()
 
 
+def holdout_rows(n_rows: int, holdout: Mapping[str, Any]) -> np.ndarray:
+    """A boolean mask of `holdout["n"]` rows drawn by a seeded permutation of the label rows
+    (`numpy.random.default_rng(holdout["seed"])`): a fixed-size test set, the same for the same
+    label file whatever the other split settings."""
+    unknown = sorted(set(holdout) - {"n", "seed"})
+    if unknown:
+        raise ValueError(f"ingest.holdout takes n and seed, got also {unknown}")
+    n = int(holdout.get("n", 0))
+    if not 0 < n < n_rows:
+        raise ValueError(f"ingest.holdout.n must be between 1 and {n_rows - 1} (the label rows), got {n}")
+    mask = np.zeros(n_rows, dtype=bool)
+    mask[np.random.default_rng(int(holdout.get("seed", 0))).permutation(n_rows)[:n]] = True
+    return mask
+
+
 def _assign_splits(
-    adapted: Adapted, ratios: Mapping[str, float], val_from_train: float, seed: int
+    adapted: Adapted,
+    ratios: Mapping[str, float],
+    val_from_train: float,
+    seed: int,
+    holdout: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Official splits where given, seeded ones elsewhere; val carved from train when none is official."""
+    """Official splits where given, seeded ones elsewhere; val carved from train when none is official.
+
+    With `holdout`, a fixed number of rows becomes the test split first (`holdout_rows`) and the
+    ratios split the rest; only for datasets without an official split."""
     frame = adapted.frame
     ids = frame["name"].astype(str).to_numpy()
     groups = np.asarray(adapted.groups, dtype=object) if adapted.groups is not None else None
@@ -800,6 +822,16 @@ def _assign_splits(
     split = official.to_numpy(dtype=object).copy()
     source = "official" if has_official.all() else "seeded" if not has_official.any() else "official+seeded"
     need = ~has_official
+    if holdout:
+        if has_official.any():
+            raise ValueError(
+                "ingest.holdout carves a test split out of a dataset without one, but this dataset has "
+                "an official split: remove ingest.holdout (its official test split is used)"
+            )
+        held = holdout_rows(len(frame), holdout)
+        split[held] = "test"
+        need = need & ~held
+        source = f"holdout of {int(held.sum())} (seed {int(holdout.get('seed', 0))}) + seeded"
     if need.any():
         split[need] = seeded_split(ids[need], ratios, seed, groups[need] if groups is not None else None)
     is_train = has_official & (split == "train")
@@ -825,6 +857,7 @@ def _run(
     val_from_train: float,
     seed: int,
     options: dict[str, Any],
+    holdout: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {sorted(FORMATS)}")
@@ -846,7 +879,7 @@ def _run(
 
     adapted = spec(root_path, **options)
     frame = adapted.frame
-    split, split_source = _assign_splits(adapted, ratios, val_from_train, int(seed))
+    split, split_source = _assign_splits(adapted, ratios, val_from_train, int(seed), holdout)
     found = frame["_found"].to_numpy(dtype=bool)
     cwd = Path(os.path.abspath(os.getcwd()))
     out = frame.drop(columns=["_found"]).assign(
@@ -883,6 +916,7 @@ def _run(
             "ratios": ratios,
             "val_from_train": val_from_train,
             "seed": int(seed),
+            "holdout": dict(holdout) if holdout else None,
         },
         "counts": {
             "rows": len(manifest),
@@ -906,17 +940,25 @@ def ingest(
     split_ratios: Mapping[str, float] | None = None,
     val_from_train: float = 0.1,
     seed: int = 42,
+    holdout: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Read dataset `root` laid out as `fmt` (a key of `FORMATS`) into the canonical manifest.
 
     `split_ratios` (default 0.7/0.15/0.15) applies where the dataset has no official split;
     `val_from_train` carves a validation share out of an official train split that has no val.
-    `options` are the format's own (e.g. csv: labels, name_col, mos_col, scale; any: dataset).
-    Provenance and counts are in `result.attrs["qualitune"]`.
+    `holdout` (`{"n": 500, "seed": 0}`) makes a fixed-size seeded test split first (datasets
+    without an official split). `options` are the format's own (e.g. csv: labels, name_col,
+    mos_col, scale; any: dataset). Provenance and counts are in `result.attrs["qualitune"]`.
     """
     return _run(
-        fmt, root, split_ratios=split_ratios, val_from_train=val_from_train, seed=seed, options=options
+        fmt,
+        root,
+        split_ratios=split_ratios,
+        val_from_train=val_from_train,
+        seed=seed,
+        options=options,
+        holdout=holdout,
     )
 
 
@@ -928,11 +970,18 @@ def ingest_to_file(
     split_ratios: Mapping[str, float] | None = None,
     val_from_train: float = 0.1,
     seed: int = 42,
+    holdout: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> pd.DataFrame:
     """`ingest`, then write the manifest as parquet at `out` with its provenance as metadata."""
     manifest = ingest(
-        fmt, root, split_ratios=split_ratios, val_from_train=val_from_train, seed=seed, **options
+        fmt,
+        root,
+        split_ratios=split_ratios,
+        val_from_train=val_from_train,
+        seed=seed,
+        holdout=holdout,
+        **options,
     )
     write_manifest(manifest, out, manifest.attrs["qualitune"])
     return manifest

@@ -132,7 +132,16 @@ class TrainSettings:
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> TrainSettings:
         known = {f for f in cls.__dataclass_fields__}
-        stage_keys = {"out", "checkpoint_dir", "resume", "val_batch_size", "metrics", "data", "tuned_params"}
+        stage_keys = {
+            "out",
+            "checkpoint_dir",
+            "resume",
+            "val_batch_size",
+            "metrics",
+            "data",
+            "tuned_params",
+            "pretrain",
+        }
         unknown = sorted(set(cfg) - known - stage_keys)
         if unknown:
             raise ValueError(f"unknown keys in params train section: {unknown}")
@@ -147,6 +156,36 @@ class TrainSettings:
         if "label_range" in kw:
             kw["label_range"] = tuple(int(x) for x in kw["label_range"])
         return cls(**kw)
+
+    @classmethod
+    def pretrain_from_params(cls, cfg: dict[str, Any]) -> TrainSettings | None:
+        """The settings of VITAL's PMOD pre-training phase (`train.pretrain`), or None when it is off.
+
+        Its keys override the train section's for that phase only, so batch size, LoRA shape and
+        seed are shared unless the pretrain block says otherwise; `vital.target` must be `pmod`
+        (the phase exists to learn the machine annotators' distributions, not the MOS)."""
+        pre = dict(cfg.get("pretrain") or {})
+        unknown = sorted(set(pre) - {"enabled"} - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown keys in params train.pretrain: {unknown}")
+        if not pre.pop("enabled", False):
+            return None
+        base = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
+        merged = {**base, **pre}
+        if isinstance(base.get("vital"), dict) and isinstance(pre.get("vital"), dict):
+            merged["vital"] = {**base["vital"], **pre["vital"]}
+        settings = cls.from_params(merged)
+        if settings.method != "vital" or settings.vital.target != "pmod":
+            raise ValueError(
+                "train.pretrain is VITAL's PMOD pre-training: it needs method: vital with "
+                f"vital.target: pmod, got method {settings.method!r}, target {settings.vital.target!r}"
+            )
+        if settings.tuning != cls.from_params(base).tuning:
+            raise ValueError(
+                "train.pretrain.tuning must equal train.tuning: the second phase continues the "
+                f"same trainable weights (got {settings.tuning!r} vs {base.get('tuning')!r})"
+            )
+        return settings
 
     @property
     def fmt(self) -> AnswerFormat:
@@ -655,6 +694,7 @@ def train(
         return None if boundary and on_epoch_end is not None else k + 1
 
     source = _BatchSource(encode_step, ahead=prefetch)
+    progress = _Progress(n_opt_steps, global_batch * settings.grad_accum, opt_step, phases)
     for k in range(start, len(schedule)):
         step = schedule[k]
         phase = phases[step.phase]
@@ -689,6 +729,8 @@ def train(
         }
         running = []
         history.append(entry)
+        if acc.is_main_process:
+            progress.update(opt_step, entry)
         if on_log is not None and acc.is_main_process:
             on_log(opt_step, {"train.loss": entry["loss"], "train.lr": entry["lr"]})
         if (
@@ -730,6 +772,50 @@ def train(
         parameter_counts=counts,
         n_examples=n_examples,
     )
+
+
+class _Progress:
+    """A plain log line about every 10 % of the optimizer steps and at least every 30 s: phase,
+    epoch, step, loss (mean since the last line), samples/s and the time left. Plain lines rather
+    than a bar, so DVC's and CI's logs show them as they come."""
+
+    def __init__(self, total: int, samples_per_step: int, done: int, phases: list[Phase]) -> None:
+        self.total, self.samples, self.start_step = max(1, total), samples_per_step, done
+        self.names = [ph.name for ph in phases]
+        self.t0 = self.last = time.perf_counter()
+        self.next_share = 0.1
+        self.losses: list[float] = []
+
+    def update(self, step: int, entry: dict) -> None:
+        self.losses.append(entry["loss"])
+        now = time.perf_counter()
+        due = step / self.total >= self.next_share or now - self.last >= 30
+        if step != self.total and (not due or now - self.last < 5):
+            return
+        while self.next_share <= step / self.total:
+            self.next_share += 0.1
+        rate = (step - self.start_step) / max(now - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        log.info(
+            "train %s epoch %d: step %d/%d (%.0f%%), loss %.4f, %.1f samples/s, %s elapsed, %s left",
+            entry["phase"],
+            entry["epoch"] + 1,
+            step,
+            self.total,
+            100 * step / self.total,
+            float(np.mean(self.losses)),
+            rate * self.samples,
+            _clock(now - self.t0),
+            _clock(eta),
+        )
+        self.losses, self.last = [], now
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds + 0.5), 60)
+    return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 class _BatchSource:

@@ -35,6 +35,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     import pandas as pd
 
     from qualitune import analysis
+    from qualitune.baselines import evaluate_baselines
     from qualitune.evaluate import evaluate_split
     from qualitune.manifest import read_manifest
     from qualitune.scorer import Scorer
@@ -68,6 +69,14 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
                 name: evaluate_split(scorer, g, modes=modes, batch_size=batch)[0]
                 for name, g in part.groupby("dataset")
             }
+    splits = [s for s in cfg.get("splits", ["val", "test"]) if s in metrics]
+    log.info("baselines: encoder features of %d items for the linear probe", len(df))
+    base, probe_info = evaluate_baselines(
+        scorer, df, splits, batch_size=batch, on_progress=_every_tenth("probe features")
+    )
+    for split in splits:
+        metrics[split]["baselines"] = base.get(split, {})
+    metrics["linear_probe"] = probe_info
     predictions = pd.concat(preds, ignore_index=True)
     predictions.drop(columns=["levels"], errors="ignore").to_csv(out_paths["predictions"], index=False)
     scatter = predictions[predictions["mode"] == modes[0]][["item_id", "split", "mos_norm", "score_1_5"]]
@@ -124,6 +133,10 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
             log_artifacts(path, "evaluate")
     for split in ("val", "test"):
         for mode, m in metrics.get(split, {}).items():
+            if mode == "baselines":
+                for name, b in m.items():
+                    log.info("%s baseline %s: SRCC %.3f PLCC %.3f", split, name, b["srcc"], b["plcc"])
+                continue
             log.info(
                 "%s %s: SRCC %.3f PLCC %.3f final %.3f parse failures %d",
                 split,
@@ -135,6 +148,19 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
             )
     log.info("instability: %s", metrics["instability"])
     return metrics
+
+
+def _every_tenth(what: str):
+    """A progress hook `(done, total)` that logs a line at every tenth of the work."""
+    state = {"next": 0.1}
+
+    def hook(done: int, total: int) -> None:
+        if total and (done / total >= state["next"] or done == total):
+            log.info("%s: %d/%d", what, done, total)
+            while state["next"] <= done / total:
+                state["next"] += 0.1
+
+    return hook
 
 
 def _numeric(d: dict) -> dict:

@@ -1,6 +1,6 @@
 """DVC stage: `python -m qualitune.stages.ingest [--params params.yaml]`.
 
-Reads section `ingest` (format, root, out, options, split_ratios, val_from_train, seed) and calls
+Reads section `ingest` (format, root, out, options, split_ratios, val_from_train, seed, holdout) and calls
 `qualitune.ingest.ingest_to_file`, the same function as the CLI, so the pipeline and a hand run
 produce identical manifests.
 """
@@ -31,6 +31,7 @@ def run_stage(params: dict[str, Any]) -> int:
         split_ratios=cfg.get("split_ratios") or DEFAULT_SPLIT_RATIOS,
         val_from_train=float(cfg.get("val_from_train", 0.1)),
         seed=int(cfg.get("seed", 42)),
+        holdout=cfg.get("holdout"),
         **options,
     )
     for line in summary_lines(manifest):

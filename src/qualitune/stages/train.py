@@ -28,7 +28,7 @@ log = logging.getLogger("qualitune.train")
 
 def model_settings(params: dict[str, Any]) -> dict[str, Any]:
     cfg = dict(section(params, "model"))
-    cfg.setdefault("name_or_path", "tiny-qwen2.5-vl")
+    cfg.setdefault("name_or_path", "compact-smollm2-135m-effnet-lite0")
     cfg.setdefault("seed", 0)
     cfg.setdefault("dtype", "auto")
     cfg.setdefault("min_pixels", 56 * 56)
@@ -82,6 +82,7 @@ def train_scorer(
     mcfg = model_settings(params)
     tcfg = dict(section(params, "train"))
     settings = TrainSettings.from_params(tcfg)
+    pretrain = TrainSettings.pretrain_from_params(tcfg)
     data = data or tcfg.get("data") or section(params, "pmod")["out"]
     df = read_manifest(data)
     train_df = df[df["split"] == "train"]
@@ -113,6 +114,7 @@ def train_scorer(
     run_params = {
         "model": mcfg,
         "train": settings.to_dict(),
+        "pretrain": pretrain.to_dict() if pretrain is not None else None,
         "data": {"path": str(data), "n_train": len(train_df)},
     }
 
@@ -131,6 +133,7 @@ def train_scorer(
             "tuning": settings.tuning,
             "loss_on": settings.loss_on,
             "init_vision_from": mcfg["init_vision_from"],
+            "pretrain": pretrain is not None,
         },
     )
     val_batch = int(tcfg.get("val_batch_size", 8))
@@ -155,6 +158,29 @@ def train_scorer(
     ):
         t0 = time.perf_counter()
         step_log = MetricBuffer(every=50)
+        fingerprint_extra = {"model": mcfg, "data": str(data)}
+        pre_result = None
+        if pretrain is not None:  # VITAL: first learn the annotators' level distributions (no MOS)
+            log.info("phase 1 of 2: PMOD pre-training (%s epochs)", pretrain.epochs)
+            pre_result = train(
+                model,
+                tokenizer,
+                proc,
+                train_df,
+                pretrain,
+                n_frames=int(mcfg["n_frames"]),
+                video_mode=mcfg["video_mode"],
+                checkpoint_dir=tcfg.get("checkpoint_dir"),
+                resume=bool(tcfg.get("resume", True)),
+                on_log=lambda step, m: step_log(step, {f"pretrain.{k}": v for k, v in m.items()}),
+                fingerprint_extra={**fingerprint_extra, "phase": "pretrain"},
+            )
+            model = pre_result.model
+            model.train()
+            log.info("phase 2 of 2: the MOS recipe continues the pre-trained weights")
+            # the main phase starts from the pre-trained weights: its checkpoints are another run's
+            fingerprint_extra["pretrain"] = pretrain.to_dict()
+        step_offset = pre_result.optimizer_steps if pre_result is not None else 0
         result = train(
             model,
             tokenizer,
@@ -165,9 +191,9 @@ def train_scorer(
             video_mode=mcfg["video_mode"],
             checkpoint_dir=tcfg.get("checkpoint_dir"),
             resume=bool(tcfg.get("resume", True)),
-            on_log=step_log,
+            on_log=lambda step, m: step_log(step + step_offset, m),
             on_epoch_end=epoch_hook,
-            fingerprint_extra={"model": mcfg, "data": str(data)},
+            fingerprint_extra=fingerprint_extra,
         )
         step_log.flush()
         train_seconds = time.perf_counter() - t0
@@ -189,13 +215,22 @@ def train_scorer(
                 "resumed_from_micro_step": result.resumed_from,
                 "parameters": result.parameter_counts,
             },
+            "pretrain": None
+            if pre_result is None
+            else {
+                "optimizer_steps": pre_result.optimizer_steps,
+                "loss_first": pre_result.history[0]["loss"] if pre_result.history else None,
+                "loss_last": pre_result.history[-1]["loss"] if pre_result.history else None,
+                "seconds": round(pre_result.seconds, 2),
+            },
             "val_seconds": round(val_seconds, 2),
         }
         spec.metrics = {"val": val_metrics}
         transferred = vision_weights(result.model) if mcfg["init_vision_from"] else None
         save_scorer(result.model, spec, out_dir, extra_weights=transferred)
-        if result.checkpoint_dir is not None:  # the run is complete: its resume points are not needed
-            shutil.rmtree(result.checkpoint_dir, ignore_errors=True)
+        for done in (pre_result, result):  # the run is complete: its resume points are not needed
+            if done is not None and done.checkpoint_dir is not None:
+                shutil.rmtree(done.checkpoint_dir, ignore_errors=True)
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
         log_metrics({"val": _numeric(val_metrics), "train_seconds": train_seconds})

@@ -393,6 +393,17 @@ class CompactVisual(nn.Module):
         return self.merger(g.to(dtype), m.to(dtype)).flatten(0, 1)
 
 
+def _register_output_capture(decoder: nn.Module) -> None:
+    """transformers (5.x) records `output_hidden_states` through hooks looked up by the model's class
+    name, registered when a model is built; a decoder switched to `CompactDecoder` afterwards must be
+    registered too, or the logit lens gets no hidden states."""
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers record outputs without the registry
+        return
+    _CAN_RECORD_REGISTRY[decoder] = decoder._can_record_outputs
+
+
 class CompactDecoder(LlamaModel):
     """SmolLM2's `LlamaModel`, taking Qwen-style position ids too.
 
@@ -405,6 +416,10 @@ class CompactDecoder(LlamaModel):
     def forward(self, *args, position_ids: torch.Tensor | None = None, **kwargs):
         if position_ids is not None and position_ids.dim() == 3:
             position_ids = position_ids[0]
+        if "past_key_values" in kwargs and "cache" not in kwargs:
+            # the shared scoring code speaks the Qwen models' `past_key_values`; LlamaModel (5.24+) calls it
+            # `cache` and warns on every call under the old name
+            kwargs["cache"] = kwargs.pop("past_key_values")
         return super().forward(*args, position_ids=position_ids, **kwargs)
 
 
@@ -505,6 +520,7 @@ class CompactVLM(PreTrainedModel, GenerationMixin):
                 f"the compact decoder must be a Llama-family model, got {type(causal_lm.model).__name__}"
             )
         causal_lm.model.__class__ = CompactDecoder
+        _register_output_capture(causal_lm.model)
         self.model = CompactModel(config, causal_lm.model, visual)
         self.lm_head = causal_lm.lm_head
         self.generation_config = causal_lm.generation_config

@@ -20,6 +20,13 @@ not change the result:
   block-diagonal mask from transformers, exact but quadratic in the packed length, which is why
   `train.packing: auto` packs only when the model runs a varlen kernel. The hidden states are
   scattered back to the padded layout, so the losses read the same positions either way.
+- **Shared prompt prefix** (unpacked batches). When every row starts with the same tokens (the
+  compact backend asks its question before the picture, so the whole question is such a prefix:
+  ~40 of ~55 tokens), the prefix runs once, for one row, and its keys and values are repeated over
+  the batch (`shared_prefix_length`, as scoring does). Same hidden states and gradients to float
+  rounding (the prefix's contribution is summed over the rows by the repeat's backward); about
+  half the decoder work per step on the compact backend. Off under gradient checkpointing and
+  with active dropout (one dropout mask for all rows would change the noise).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from qualitune.vlm.inputs import _unwrap
-from qualitune.vlm.scoring import _core, mrope_positions
+from qualitune.vlm.scoring import MIN_SHARED_PREFIX, _core, mrope_positions
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 """Attention implementations whose kernels take packed sequences as varlen (cu_seqlens) input."""
@@ -162,12 +169,30 @@ def _features(
     return torch.cat([cache.get(row_keys[r]).to(device, non_blocking=True) for r in rows], dim=0)
 
 
+def training_prefix_length(ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> int:
+    """Leading tokens every row shares, unpadded and before any vision token; 0 when fewer than
+    `MIN_SHARED_PREFIX` or the batch has one row. At least the last column stays in the batched
+    forward."""
+    if ids.shape[0] < 2:
+        return 0
+    same = (ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0) & ~(types != 0).any(dim=0).to(ids.device)
+    n = min(int(same.long().cumprod(dim=0).sum()), ids.shape[1] - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _can_share_prefix(lm: torch.nn.Module) -> bool:
+    if getattr(lm, "gradient_checkpointing", False):
+        return False
+    return not any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in lm.modules())
+
+
 def decoder_hidden(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
     *,
     pack: bool = False,
     cache: VisionCache | None = None,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """Last hidden states `(B, L, hidden)` of the decoder for a right- or left-padded batch.
 
@@ -219,9 +244,30 @@ def decoder_hidden(
     )
     lm = core.language_model
     if not pack:
-        return lm(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
-        ).last_hidden_state
+        n = training_prefix_length(ids, mask, types) if share_prefix and _can_share_prefix(lm) else 0
+        if not n:
+            return lm(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+            ).last_hidden_state
+        head = lm(
+            inputs_embeds=embeds[:1, :n],
+            attention_mask=mask[:1, :n],
+            position_ids=positions[:, :1, :n],
+            use_cache=True,
+        )
+        kv = head.past_key_values
+        kv.batch_repeat_interleave(ids.shape[0])
+        tail = lm(
+            inputs_embeds=embeds[:, n:],
+            attention_mask=mask,
+            position_ids=positions[:, :, n:],
+            cache=kv,
+            use_cache=True,
+        )
+        width = head.last_hidden_state.shape[-1]
+        return torch.cat(
+            [head.last_hidden_state.expand(ids.shape[0], n, width), tail.last_hidden_state], dim=1
+        )
 
     b, length, width = embeds.shape
     keep = mask.bool()
@@ -253,6 +299,7 @@ __all__ = [
     "decoder_hidden",
     "resolve_packing",
     "supports_varlen",
+    "training_prefix_length",
     "vision_blocks_per_row",
     "vision_is_frozen",
 ]

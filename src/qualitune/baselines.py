@@ -1,0 +1,234 @@
+"""What a scorer must beat: a linear probe on its frozen encoder, and the machine annotators' PMOD mean.
+
+Every evaluation reports both beside the VLM, on the same items, so a run shows its gain over what
+the pretrained encoder already knows (a ridge regression on its pooled features) and over what the
+classic no-reference annotators already give (the PMOD mean, calibrated on the train split).
+
+- **Linear probe**: ridge regression from the encoder's pooled features to `mos_norm`, features
+  standardised on train, the penalty chosen by val SRCC from a log grid, then refitted on
+  train + val. The compact backend's features are EfficientNet-Lite0's head channel means (the first
+  1,280 dimensions of its global vector); a Qwen vision tower's are the mean of its output tokens.
+  Videos: the mean over their sampled frames.
+- **PMOD mean**: the `pmod_mean` column the `pmod` stage wrote (on 1-5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qualitune.metrics import correlations
+
+log = logging.getLogger(__name__)
+
+ALPHAS = tuple(10.0 ** np.arange(-1, 5))
+"""The ridge penalties tried (chosen by val SRCC)."""
+
+
+def _is_compact(model: torch.nn.Module) -> bool:
+    from qualitune.vlm.compact import is_compact
+
+    return is_compact(model)
+
+
+def _visual(model: torch.nn.Module) -> torch.nn.Module:
+    from qualitune.vlm.inputs import _unwrap
+
+    return _unwrap(model).model.visual
+
+
+@torch.no_grad()
+def _image_features(model: torch.nn.Module, processor, images: list) -> np.ndarray:
+    """One pooled feature vector per PIL image."""
+    if _is_compact(model):
+        pixels = torch.from_numpy(processor(images)["pixel_values"])
+        from qualitune.vlm.efficientnet import HEAD_CHANNELS
+
+        glob, _ = _visual(model).features(pixels)
+        return glob[:, :HEAD_CHANNELS].float().numpy()  # the head's channel means
+    from qualitune.vlm.inputs import _unwrap
+
+    inner = _unwrap(model).model
+    out = []
+    for im in images:  # one at a time: Qwen's patch sequences differ in length per image
+        enc = processor(images=[im], return_tensors="pt")
+        device = next(inner.parameters()).device
+        feats = inner.get_image_features(
+            enc["pixel_values"].to(device, dtype=next(inner.visual.parameters()).dtype),
+            enc["image_grid_thw"].to(device),
+        )
+        tokens = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+        tokens = tokens[0] if isinstance(tokens, list | tuple) else tokens
+        out.append(tokens.float().mean(dim=0).cpu().numpy())
+    return np.stack(out)
+
+
+def pooled_features(
+    model: torch.nn.Module,
+    processor,
+    paths: Sequence[str],
+    *,
+    n_frames: int = 2,
+    batch_size: int = 16,
+    on_progress=None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """`(features, errors)`: a row per path (NaN where the file cannot be read) and the reason or None.
+
+    A bad file never stops the pass: it gets a NaN row and its error, and the probe leaves it out."""
+    from qualitune.media import MediaError, load_media
+
+    rows: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        frames, owners = [], []
+        for i, p in enumerate(chunk):
+            try:
+                loaded = load_media(p, n_frames=n_frames)
+            except (MediaError, OSError, ValueError) as exc:
+                rows.append(None)
+                errors.append(str(exc))
+                continue
+            rows.append(np.empty(0))
+            errors.append(None)
+            frames += loaded
+            owners += [start + i] * len(loaded)
+        if frames:
+            feats = _image_features(model, processor, frames)
+            owners_arr = np.asarray(owners)
+            for idx in np.unique(owners_arr):
+                rows[idx] = feats[owners_arr == idx].mean(axis=0)
+        if on_progress is not None:
+            on_progress(min(start + batch_size, len(paths)), len(paths))
+    dim = next((r.shape[0] for r in rows if r is not None and r.size), 0)
+    out = np.full((len(paths), dim), np.nan, dtype=np.float64)
+    for i, r in enumerate(rows):
+        if r is not None and r.size:
+            out[i] = r
+    return out, errors
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fitted linear probe: predictions for every row, the chosen penalty and its val SRCC."""
+
+    predictions: np.ndarray
+    alpha: float
+    val_srcc: float
+    n_train: int
+
+
+def linear_probe(features: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> Probe:
+    """Ridge on standardised `features` fitted on the `train` rows, `alpha` chosen by SRCC on `val`,
+    refitted on train + val; NaN predictions for rows whose features are NaN."""
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    ok = np.isfinite(features).all(axis=1) & np.isfinite(y)
+    tr, va = train & ok, val & ok
+    if tr.sum() < 2 or va.sum() < 3:
+        raise ValueError(
+            f"the linear probe needs >= 2 train and >= 3 val items with features and MOS, got "
+            f"{int(tr.sum())} and {int(va.sum())}"
+        )
+    scaler = StandardScaler().fit(features[tr])
+    xs = np.zeros_like(features)
+    xs[ok] = scaler.transform(features[ok])
+    best_rho, best_alpha = -np.inf, ALPHAS[0]
+    for alpha in ALPHAS:
+        fit = Ridge(alpha=alpha).fit(xs[tr], y[tr])
+        rho = spearmanr(fit.predict(xs[va]), y[va]).statistic
+        rho = -np.inf if not np.isfinite(rho) else float(rho)
+        if rho > best_rho:
+            best_rho, best_alpha = rho, float(alpha)
+    fit = Ridge(alpha=best_alpha).fit(xs[tr | va], y[tr | va])
+    pred = np.full(len(y), np.nan)
+    pred[ok] = fit.predict(xs[ok])
+    return Probe(pred, best_alpha, best_rho, int(tr.sum()))
+
+
+def _pair(pred: np.ndarray, mos: np.ndarray) -> dict[str, float | int]:
+    m = correlations([None if not np.isfinite(v) else float(v) for v in pred], list(mos))
+    return {"srcc": m["srcc"], "plcc": m["plcc"], "n": m["n"]}
+
+
+def baseline_metrics(
+    df: pd.DataFrame, probe: np.ndarray | None, splits: Sequence[str]
+) -> dict[str, dict[str, dict[str, float | int]]]:
+    """`{split: {"linear_probe": {srcc, plcc, n}, "pmod_mean": {...}}}` over the rows of `df`
+    (`probe` aligned with them; None leaves the probe out)."""
+    out: dict[str, dict[str, dict[str, float | int]]] = {}
+    mos = df["mos_norm"].to_numpy(dtype=float)
+    split = df["split"].astype(str).to_numpy()
+    for s in splits:
+        rows = split == s
+        if not rows.any():
+            continue
+        block: dict[str, dict[str, float | int]] = {}
+        if probe is not None:
+            block["linear_probe"] = _pair(probe[rows], mos[rows])
+        if "pmod_mean" in df.columns:
+            block["pmod_mean"] = _pair(df["pmod_mean"].to_numpy(dtype=float)[rows], mos[rows])
+        out[s] = block
+    return out
+
+
+ENCODER_TRAINING = ("encoder", "full")
+"""Recipes (`train.tuning`) that change the vision encoder: their probe uses the base model's."""
+
+
+def probe_encoder(scorer) -> tuple[torch.nn.Module, object]:
+    """`(model, image processor)` whose frozen encoder the probe reads: the scorer's own when its
+    recipe left the encoder untouched (the default), else a fresh copy of the base model's."""
+    if scorer.spec.recipe.get("tuning") not in ENCODER_TRAINING:
+        return scorer.model, scorer.image_processor
+    from qualitune.vlm.model import load_model, make_processor
+
+    base, _ = load_model(scorer.spec.base_model, seed=scorer.spec.base_seed)
+    base.eval()
+    return base, make_processor(base, scorer.spec.min_pixels, scorer.spec.max_pixels)
+
+
+def evaluate_baselines(
+    scorer, df: pd.DataFrame, splits: Sequence[str], *, batch_size: int = 16, on_progress=None
+) -> tuple[dict, dict]:
+    """Both baselines for the `splits` of manifest `df` (train and val rows fit the probe):
+    `(metrics per split, probe info)`; the probe is left out, with the reason, when the manifest
+    has too few train/val items with features."""
+    model, processor = probe_encoder(scorer)
+    feats, errors = pooled_features(
+        model,
+        processor,
+        df["path"].astype(str).tolist(),
+        n_frames=scorer.spec.n_frames,
+        batch_size=batch_size,
+        on_progress=on_progress,
+    )
+    split = df["split"].astype(str).to_numpy()
+    y = df["mos_norm"].to_numpy(dtype=float)
+    info: dict = {"unreadable": int(sum(e is not None for e in errors)), "feature_dim": int(feats.shape[1])}
+    try:
+        probe = linear_probe(feats, y, split == "train", split == "val")
+    except ValueError as exc:
+        log.warning("linear probe left out: %s", exc)
+        info["skipped"] = str(exc)
+        return baseline_metrics(df, None, splits), info
+    info.update(alpha=probe.alpha, val_srcc_at_alpha=probe.val_srcc, n_train=probe.n_train)
+    return baseline_metrics(df, probe.predictions, splits), info
+
+
+__all__ = [
+    "ALPHAS",
+    "Probe",
+    "baseline_metrics",
+    "evaluate_baselines",
+    "linear_probe",
+    "pooled_features",
+    "probe_encoder",
+]
