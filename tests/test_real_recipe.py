@@ -100,6 +100,20 @@ def test_experiment_command_line_is_dvc_exp_run_with_the_overlay(tmp_path):
         experiment_params(tmp_path / "o.yaml", ["train.epocs=1"], tmp_path / "params.yaml")
 
 
+def test_experiment_command_parses_overlays_targets_and_sets():
+    from qualitune.cli import build_parser
+
+    a = build_parser().parse_args(
+        ["experiment", "a.yaml", "b.yaml", "--name", "x", "--target", "evaluate", "--set", "train.epochs=1"]
+    )
+    assert (a.overlays, a.name, a.target, a.set) == (
+        ["a.yaml", "b.yaml"],
+        "x",
+        ["evaluate"],
+        ["train.epochs=1"],
+    )
+
+
 # -- the held-out split ------------------------------------------------------------------------------
 
 

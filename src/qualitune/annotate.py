@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from qualitune.annotators.base import get_annotator, resolve_annotators
+from qualitune.progress import Progress
 
 CACHE_FILE = "scores.sqlite"
 
@@ -145,11 +146,19 @@ def annotate_paths(
 
         tasks = [(paths[i], miss, n_frames) for i, miss in todo]
         n_workers = min(workers or os.cpu_count() or 1, max(len(tasks), 1))
+        progress = Progress(len(tasks), f"annotating ({len(names)} annotators, {n_workers} workers)", "files")
         if n_workers == 1:
-            results = [_score_task(t) for t in tasks]
+            results = []
+            for t in tasks:
+                results.append(_score_task(t))
+                progress.update(len(results))
         else:
             with ProcessPoolExecutor(max_workers=n_workers) as pool:
-                results = list(pool.map(_score_task, tasks, chunksize=max(1, len(tasks) // (n_workers * 8))))
+                results = []
+                chunk = max(1, min(16, len(tasks) // (n_workers * 8)))
+                for r in pool.map(_score_task, tasks, chunksize=chunk):
+                    results.append(r)
+                    progress.update(len(results))
 
         new_rows: list[tuple[str, str, str, int, float]] = []
         col = {n: j for j, n in enumerate(names)}

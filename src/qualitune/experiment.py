@@ -13,6 +13,7 @@ on disk at the overlay's paths.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -47,12 +48,16 @@ def experiment_params(
 
 
 def dvc_command(
-    name: str | None, assignments: Sequence[tuple[str, Any]], targets: Sequence[str] = ()
+    name: str | None,
+    assignments: Sequence[tuple[str, Any]],
+    targets: Sequence[str] = (),
+    params: dict[str, Any] | None = None,
 ) -> list[str]:
+    """`dvc exp run [--name N --force] -S ... [targets]`; `params` (the workspace's) marks new keys."""
     cmd = [sys.executable, "-m", "dvc", "exp", "run"]
     if name:
         cmd += ["--name", name, "--force"]  # --force: a rerun under the same name replaces it
-    return cmd + ov.dvc_set_flags(assignments) + list(targets)
+    return cmd + ov.dvc_set_flags(assignments, params) + list(targets)
 
 
 def run_experiment(
@@ -76,8 +81,14 @@ def run_experiment(
         for f in RESTORED:
             if (cwd / f).is_file():
                 shutil.copy2(cwd / f, Path(keep) / f)
+        # the stages call `python -m qualitune.stages.X`: this interpreter's folder (the venv) goes
+        # first on PATH, so they run with the same installation as this command
+        env = {
+            **os.environ,
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
         try:
-            subprocess.run(cmd, cwd=cwd, check=True)
+            subprocess.run(cmd, cwd=cwd, check=True, env=env)
         finally:
             for f in RESTORED:
                 if (Path(keep) / f).is_file():

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from qualitune.progress import Progress
 from qualitune.vlm.answers import ParseReport
 from qualitune.vlm.inputs import _unwrap, encode_batch
 from qualitune.vlm.scoring import SCORING_MODES, ItemScore, format_scores, generate_texts
@@ -302,11 +303,14 @@ class Scorer:
         waiting: list[tuple[int, Any, str]] = []
         n_errors = 0
 
+        progress = Progress(len(paths), f"scoring ({mode})", "files")
+
         def flush(items: list[tuple[int, Any, str]]) -> None:
             self.score_into(
                 results, items, mode=mode, batch_size=len(items), report=report, index_offset=len(scored)
             )
             scored.extend(i for i, _, _ in items)
+            progress.update(len(scored) + n_errors)
 
         chunks = iter(range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qualitune-decode") as pool:

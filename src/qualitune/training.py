@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from qualitune.media import load_media
+from qualitune.progress import clock
 from qualitune.vlm.compact import is_compact, standardise_projector
 from qualitune.vlm.forward import (
     VisionCache,
@@ -805,17 +806,10 @@ class _Progress:
             100 * step / self.total,
             float(np.mean(self.losses)),
             rate * self.samples,
-            _clock(now - self.t0),
-            _clock(eta),
+            clock(now - self.t0),
+            clock(eta),
         )
         self.losses, self.last = [], now
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds + 0.5), 60)
-    return f"{m}:{s:02d}" if m < 60 else f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 class _BatchSource:

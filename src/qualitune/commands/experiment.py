@@ -20,9 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "overlay", help="a params overlay YAML (keys of params.yaml), e.g. configs/params/real-data.yaml"
+        "overlays",
+        nargs="+",
+        help="params overlay YAMLs (keys of params.yaml; later ones win), e.g. configs/params/real-data.yaml",
     )
-    p.add_argument("targets", nargs="*", help="stages to run up to (default: all)")
+    p.add_argument("--target", action="append", default=[], help="a stage to run up to (default: all)")
     p.add_argument("--name", help="the experiment's name in `dvc exp show` (a rerun replaces it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one more params value")
     p.set_defaults(func=run)
