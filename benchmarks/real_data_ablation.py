@@ -21,31 +21,31 @@ VARIANTS = {
     "two-stage": ["train.method=two_stage"],
 }
 OVERLAYS = ["configs/params/real-data.yaml", "configs/params/real-data-ablation.yaml"]
+METRICS = "reports/real/ablation/eval_metrics.json"
 
 
 def run(name: str, extra: list[str]) -> None:
     sets = [a for s in VARIANTS[name] + extra for a in ("--set", s)]
-    cmd = ["qualitune", "experiment", *OVERLAYS, "--name", f"abl-{name}", "--target", "evaluate", *sets]
-    subprocess.run([sys.executable, "-m", "qualitune.cli", *cmd[1:]], check=True)
+    cmd = ["experiment", *OVERLAYS, "--name", f"abl-{name}", "--target", "evaluate", *sets]
+    subprocess.run([sys.executable, "-m", "qualitune.cli", *cmd], check=True)
 
 
-def table() -> None:
-    show = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], capture_output=True)
-    print(
-        "| variant | SRCC | PLCC | probe SRCC | PMOD-mean SRCC | level changed |\n|---|---|---|---|---|---|"
-    )
-    for exp in (e for rev in json.loads(show.stdout) for e in rev.get("experiments") or []):
-        data = exp["revs"][0]["data"]
+def rows(shown: list[dict]) -> list[str]:
+    """Markdown rows, one per ablation experiment in `dvc exp show --json` output."""
+    out = []
+    for exp in (e for rev in shown for e in rev.get("experiments") or []):
         name = (exp.get("name") or "").removeprefix("abl-")
-        m = (data.get("metrics") or {}).get(OVERLAY_METRICS, {}).get("data")
+        m = ((exp["revs"][0]["data"].get("metrics") or {}).get(METRICS) or {}).get("data")
         if name in VARIANTS and m:
             t, b, inst = m["test"]["expected"], m["test"]["baselines"], m["instability"]
-            probe, pmod = b["linear_probe"]["srcc"], b["pmod_mean"]["srcc"]
-            print(f"| {name} | {t['srcc']:.3f} | {t['plcc']:.3f} | {probe:.3f} | {pmod:.3f} |", end="")
-            print(f" {inst['share_level_changed']:.2f} |")
+            cells = [t["srcc"], t["plcc"], b["linear_probe"]["srcc"], b["pmod_mean"]["srcc"]]
+            out.append(
+                f"| {name} | "
+                + " | ".join(f"{c:.3f}" for c in cells)
+                + f" | {inst['share_level_changed']:.2f} |"
+            )
+    return out
 
-
-OVERLAY_METRICS = "reports/real/ablation/eval_metrics.json"
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -55,4 +55,10 @@ if __name__ == "__main__":
     a = p.parse_args()
     for v in [] if a.table_only else a.only:
         run(v, a.set)
-    table()
+    show = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], capture_output=True, check=True
+    )
+    print(
+        "| variant | SRCC | PLCC | probe SRCC | PMOD-mean SRCC | level changed |\n|---|---|---|---|---|---|"
+    )
+    print("\n".join(rows(json.loads(show.stdout))))

@@ -287,8 +287,9 @@ def test_training_forward_shares_the_question_prefix_with_the_same_gradients(pho
     h_shared, g_shared = grads(True)
     assert torch.allclose(h_shared, h_plain, atol=1e-4), (h_shared - h_plain).abs().max()
     assert g_plain.keys() == g_shared.keys() and any("merger" in n for n in g_plain)
-    for n in g_plain:
-        assert torch.allclose(g_shared[n], g_plain[n], rtol=1e-3, atol=1e-6), n
+    for n in g_plain:  # fp32 sums in another order: compare each gradient as a whole
+        rel = float((g_shared[n] - g_plain[n]).norm() / g_plain[n].norm().clamp(min=1e-12))
+        assert rel < 1e-3, (n, rel)
 
 
 def test_logit_lens_and_attention_read_every_decoder_layer(tmp_path, photos):

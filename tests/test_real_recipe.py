@@ -285,3 +285,22 @@ def test_qualitune_evaluate_writes_one_object_per_root(tmp_path, capsys):
     assert main([*args, "--scale", "0", "1"]) == 1  # a scale that doesn't fit: rows reported, not dropped
     assert json.loads(out.read_text())["good"]["n_failed"] == 6
     assert "not scored: p (3).png: file not found" in capsys.readouterr().err
+
+
+def test_the_ablation_table_reads_each_experiments_metrics():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_data_ablation as abl
+
+    m = {
+        "test": {
+            "expected": {"srcc": 0.8, "plcc": 0.81},
+            "baselines": {"linear_probe": {"srcc": 0.7}, "pmod_mean": {"srcc": 0.5}},
+        },
+        "instability": {"share_level_changed": 0.25},
+    }
+    exp = {"name": "abl-decimal", "revs": [{"data": {"metrics": {abl.METRICS: {"data": m}}}}]}
+    other = {"name": "real-data", "revs": [{"data": {"metrics": {}}}]}
+    shown = [{"rev": "workspace", "experiments": None}, {"rev": "abc", "experiments": [exp, other]}]
+    assert abl.rows(shown) == ["| decimal | 0.800 | 0.810 | 0.700 | 0.500 | 0.25 |"]

@@ -251,3 +251,19 @@ def test_two_stage_inference_describes_then_scores_from_the_text(frame):
     for r in run.results:
         assert isinstance(r["description"], str) and r["description"]
         assert r["score"] is None or 10 <= r["score"] <= 50
+
+
+def test_the_decoded_media_cache_is_bounded_in_bytes(tmp_path):
+    from media_factory import write_image
+
+    from qualitune.training import _MediaCache
+
+    paths = [str(write_image(tmp_path / f"{i}.png", seed=i, size=(64, 48))) for i in range(5)]
+    cache = _MediaCache(max_mb=3 * 64 * 48 * 3 / 2**20)  # room for three of them
+    first = cache.get(paths[0], 2)
+    for p in paths:
+        cache.get(p, 2)
+    assert cache.nbytes == 3 * 64 * 48 * 3 and len(cache._items) == 3
+    assert (paths[0], 2) not in cache._items  # the oldest went first
+    again = cache.get(paths[0], 2)
+    assert again is not first and again.tobytes() == first.tobytes()

@@ -27,7 +27,6 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -368,10 +367,51 @@ def _media_geometry(path: str, n_frames: int) -> tuple[int, int, int]:
         return frames[0].size[0], frames[0].size[1], len(frames)
 
 
-@lru_cache(maxsize=4096)
+class _MediaCache:
+    """Decoded training media, least recently used first out, bounded in bytes
+    (`QUALITUNE_MEDIA_CACHE_MB`, default 512): re-decoding a photo costs a few ms per epoch, while an
+    unbounded cache held every decoded photo of the run (4,000 BIQ2021 photos: ~3 GB)."""
+
+    def __init__(self, max_mb: float) -> None:
+        from collections import OrderedDict
+
+        import threading
+
+        self.max_bytes = int(max_mb * 2**20)
+        self.nbytes = 0
+        self._items: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()  # the prefetch thread and the loop may both encode
+
+    @staticmethod
+    def _size(item) -> int:
+        frames = item if isinstance(item, tuple) else (item,)
+        return sum(f.size[0] * f.size[1] * len(f.getbands()) for f in frames)
+
+    def get(self, path: str, n_frames: int):
+        key = (path, n_frames)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0]
+        frames = load_media(path, n_frames=n_frames)
+        single = len(frames) == 1 and not path.lower().endswith(_VIDEO_SUFFIXES)
+        item = frames[0] if single else tuple(frames)
+        size = self._size(item)
+        with self._lock:
+            if size <= self.max_bytes and key not in self._items:
+                self._items[key] = (item, size)
+                self.nbytes += size
+                while self.nbytes > self.max_bytes:
+                    _, (_, old) = self._items.popitem(last=False)
+                    self.nbytes -= old
+        return item
+
+
+_MEDIA = _MediaCache(float(os.environ.get("QUALITUNE_MEDIA_CACHE_MB", "512")))
+
+
 def _load(path: str, n_frames: int):
-    frames = load_media(path, n_frames=n_frames)
-    return frames[0] if len(frames) == 1 and not path.lower().endswith(_VIDEO_SUFFIXES) else tuple(frames)
+    return _MEDIA.get(path, n_frames)
 
 
 _VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".yuv")

@@ -38,6 +38,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     from qualitune.baselines import evaluate_baselines
     from qualitune.evaluate import evaluate_split
     from qualitune.manifest import read_manifest
+    from qualitune.progress import Progress
     from qualitune.scorer import Scorer
     from qualitune.tracking import log_artifacts, log_metrics, start_run, tracking_settings
 
@@ -71,8 +72,9 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
             }
     splits = [s for s in cfg.get("splits", ["val", "test"]) if s in metrics]
     log.info("baselines: encoder features of %d items for the linear probe", len(df))
+    progress = Progress(len(df), "linear probe: encoder features", "files")
     base, probe_info = evaluate_baselines(
-        scorer, df, splits, batch_size=batch, on_progress=_every_tenth("probe features")
+        scorer, df, splits, batch_size=batch, on_progress=lambda done, _total: progress.update(done)
     )
     for split in splits:
         metrics[split]["baselines"] = base.get(split, {})
@@ -148,19 +150,6 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
             )
     log.info("instability: %s", metrics["instability"])
     return metrics
-
-
-def _every_tenth(what: str):
-    """A progress hook `(done, total)` that logs a line at every tenth of the work."""
-    state = {"next": 0.1}
-
-    def hook(done: int, total: int) -> None:
-        if total and (done / total >= state["next"] or done == total):
-            log.info("%s: %d/%d", what, done, total)
-            while state["next"] <= done / total:
-                state["next"] += 0.1
-
-    return hook
 
 
 def _numeric(d: dict) -> dict:
