@@ -255,7 +255,6 @@ def test_two_stage_inference_describes_then_scores_from_the_text(frame):
 
 def test_the_decoded_media_cache_is_bounded_in_bytes(tmp_path):
     from media_factory import write_image
-
     from qualitune.training import _MediaCache
 
     paths = [str(write_image(tmp_path / f"{i}.png", seed=i, size=(64, 48))) for i in range(5)]

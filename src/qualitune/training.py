@@ -373,9 +373,8 @@ class _MediaCache:
     unbounded cache held every decoded photo of the run (4,000 BIQ2021 photos: ~3 GB)."""
 
     def __init__(self, max_mb: float) -> None:
-        from collections import OrderedDict
-
         import threading
+        from collections import OrderedDict
 
         self.max_bytes = int(max_mb * 2**20)
         self.nbytes = 0
