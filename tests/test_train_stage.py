@@ -226,3 +226,39 @@ def test_zero_shot_transfer_of_a_trained_vision_encoder(trained, tmp_path):
         elif name in own_p:
             assert torch.equal(p, own_p[name]), name
     assert spec.recipe["init_vision_from"].endswith("models/scorer")
+
+
+def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continues(tmp_path):
+    """train.pretrain: a VITAL phase on the PMOD (level words, KL), then the IOVQA recipe on the same
+    LoRA weights; both phases' losses reach MLflow and the metrics, checkpoints of both are cleaned."""
+    from mlflow import MlflowClient
+
+    from qualitune.stages import train as train_stage
+
+    project = _project(
+        tmp_path / "p",
+        tuning="lora",
+        epochs=1,
+        checkpoint_every=1,
+        pretrain={
+            "enabled": True,
+            "method": "vital",
+            "epochs": 1,
+            "vital": {"target": "pmod", "compare_weight": 0.0, "describe_weight": 0.0},
+        },
+    )
+    run_stages_in(project, train_stage)
+    m = json.loads((project / "reports/train_metrics.json").read_text())
+    assert (
+        m["pretrain"]["optimizer_steps"] == 8 and m["train"]["optimizer_steps"] == 8
+    )  # 16 train items, batch 2
+    assert m["pretrain"]["loss_last"] < m["pretrain"]["loss_first"]
+    spec = json.loads((project / "models/scorer/qualitune_scorer.json").read_text())
+    assert spec["recipe"]["pretrain"] is True and spec["answer_format"]["kind"] == "integer"
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("qualitune").experiment_id])
+    pre = client.get_metric_history(run.info.run_id, "pretrain.train.loss")
+    main = client.get_metric_history(run.info.run_id, "train.loss")
+    assert [h.step for h in pre] == list(range(1, 9)) and [h.step for h in main] == list(range(9, 17))
+    assert not any((project / "models/checkpoints").glob("*/ckpt-*"))  # a finished run keeps no resume points
+    assert run.data.params["pretrain.method"] == "vital"

@@ -159,21 +159,31 @@ def train_scorer(
         t0 = time.perf_counter()
         step_log = MetricBuffer(every=50)
         fingerprint_extra = {"model": mcfg, "data": str(data)}
-        pre_result = None
-        if pretrain is not None:  # VITAL: first learn the annotators' level distributions (no MOS)
-            log.info("phase 1 of 2: PMOD pre-training (%s epochs)", pretrain.epochs)
-            pre_result = train(
-                model,
+
+        def run_phase(start_model, phase_settings: TrainSettings, on_log, extra: dict, on_epoch=None):
+            return train(
+                start_model,
                 tokenizer,
                 proc,
                 train_df,
-                pretrain,
+                phase_settings,
                 n_frames=int(mcfg["n_frames"]),
                 video_mode=mcfg["video_mode"],
                 checkpoint_dir=tcfg.get("checkpoint_dir"),
                 resume=bool(tcfg.get("resume", True)),
-                on_log=lambda step, m: step_log(step, {f"pretrain.{k}": v for k, v in m.items()}),
-                fingerprint_extra={**fingerprint_extra, "phase": "pretrain"},
+                on_log=on_log,
+                on_epoch_end=on_epoch,
+                fingerprint_extra=extra,
+            )
+
+        pre_result = None
+        if pretrain is not None:  # VITAL: first learn the annotators' level distributions (no MOS)
+            log.info("phase 1 of 2: PMOD pre-training (%s epochs)", pretrain.epochs)
+            pre_result = run_phase(
+                model,
+                pretrain,
+                lambda step, m: step_log(step, {f"pretrain.{k}": v for k, v in m.items()}),
+                {**fingerprint_extra, "phase": "pretrain"},
             )
             model = pre_result.model
             model.train()
@@ -181,19 +191,8 @@ def train_scorer(
             # the main phase starts from the pre-trained weights: its checkpoints are another run's
             fingerprint_extra["pretrain"] = pretrain.to_dict()
         step_offset = pre_result.optimizer_steps if pre_result is not None else 0
-        result = train(
-            model,
-            tokenizer,
-            proc,
-            train_df,
-            settings,
-            n_frames=int(mcfg["n_frames"]),
-            video_mode=mcfg["video_mode"],
-            checkpoint_dir=tcfg.get("checkpoint_dir"),
-            resume=bool(tcfg.get("resume", True)),
-            on_log=lambda step, m: step_log(step + step_offset, m),
-            on_epoch_end=epoch_hook,
-            fingerprint_extra=fingerprint_extra,
+        result = run_phase(
+            model, settings, lambda step, m: step_log(step + step_offset, m), fingerprint_extra, epoch_hook
         )
         step_log.flush()
         train_seconds = time.perf_counter() - t0
