@@ -33,6 +33,15 @@ def test_evaluate_stage_writes_metrics_plots_and_analyses(tmp_path):
             assert {"srcc", "krcc", "plcc", "plcc_logistic", "rmse", "final", "parse_failure_rate"} <= set(
                 got
             )
+    for split in ("val", "train"):  # both baselines beside the VLM, on the same items
+        base = m[split]["baselines"]
+        assert set(base) == {"linear_probe", "pmod_mean"}
+        assert (
+            base["pmod_mean"]["srcc"] > 0.8
+            and base["pmod_mean"]["n"] == m[split]["expected"]["n"] + m[split]["expected"]["n_missing"]
+        )
+        assert -1.0 <= base["linear_probe"]["srcc"] <= 1.0
+    assert m["linear_probe"]["alpha"] > 0 and m["linear_probe"]["unreadable"] == 0
     inst = m["instability"]
     assert inst["items"] == 4 and inst["repeats"] == 3
     assert 0.0 <= inst["share_changed"] <= 1.0 or inst["items_scored"] == 0
