@@ -25,22 +25,32 @@ def clock(seconds: float) -> str:
 class Progress:
     """`update(done)` after each chunk of `total` units of `what` (e.g. "scoring 938 files")."""
 
-    def __init__(self, total: int, what: str, unit: str = "items", *, logger: logging.Logger | None = None):
-        self.total, self.what, self.unit = max(0, int(total)), what, unit
+    def __init__(
+        self,
+        total: int,
+        what: str,
+        unit: str = "items",
+        *,
+        start: int = 0,
+        logger: logging.Logger | None = None,
+    ):
+        """`start`: units already done before this run (a resumed training), left out of the rate."""
+        self.total, self.what, self.unit, self.start = max(0, int(total)), what, unit, int(start)
         self.log = logger or log
         self.t0 = self.last = time.perf_counter()
         self.next_share = 0.1
 
-    def update(self, done: int, extra: str = "") -> None:
+    def update(self, done: int, extra: str = "") -> bool:
+        """Log a line if one is due; returns whether it did."""
         now = time.perf_counter()
         if self.total == 0 or now - self.t0 < 5:
-            return
+            return False
         share = done / self.total
         if done < self.total and share < self.next_share and now - self.last < 30:
-            return
+            return False
         while self.next_share <= share:
             self.next_share += 0.1
-        rate = done / (now - self.t0)
+        rate = (done - self.start) / (now - self.t0)
         left = (self.total - done) / rate if rate > 0 else float("nan")
         self.log.info(
             "%s: %d/%d %s (%.0f%%), %.1f %s/s, %s elapsed, %s left%s",
@@ -56,6 +66,7 @@ class Progress:
             f", {extra}" if extra else "",
         )
         self.last = now
+        return True
 
 
 __all__ = ["Progress", "clock"]

@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from qualitune.media import load_media
-from qualitune.progress import clock
+from qualitune.progress import Progress
 from qualitune.vlm.compact import is_compact, standardise_projector
 from qualitune.vlm.forward import (
     VisionCache,
@@ -734,7 +734,9 @@ def train(
         return None if boundary and on_epoch_end is not None else k + 1
 
     source = _BatchSource(encode_step, ahead=prefetch)
-    progress = _Progress(n_opt_steps, global_batch * settings.grad_accum, opt_step, phases)
+    per_step = global_batch * settings.grad_accum
+    progress = Progress(n_opt_steps * per_step, "train", "samples", start=opt_step * per_step, logger=log)
+    recent_losses: list[float] = []
     for k in range(start, len(schedule)):
         step = schedule[k]
         phase = phases[step.phase]
@@ -769,8 +771,11 @@ def train(
         }
         running = []
         history.append(entry)
+        recent_losses.append(entry["loss"])
         if acc.is_main_process:
-            progress.update(opt_step, entry)
+            extra = f"{phase.name} epoch {step.epoch + 1}, step {opt_step}/{n_opt_steps}, loss {np.mean(recent_losses):.4f}"
+            if progress.update(opt_step * per_step, extra):
+                recent_losses = []
         if on_log is not None and acc.is_main_process:
             on_log(opt_step, {"train.loss": entry["loss"], "train.lr": entry["lr"]})
         if (
@@ -812,43 +817,6 @@ def train(
         parameter_counts=counts,
         n_examples=n_examples,
     )
-
-
-class _Progress:
-    """A plain log line about every 10 % of the optimizer steps and at least every 30 s: phase,
-    epoch, step, loss (mean since the last line), samples/s and the time left. Plain lines rather
-    than a bar, so DVC's and CI's logs show them as they come."""
-
-    def __init__(self, total: int, samples_per_step: int, done: int, phases: list[Phase]) -> None:
-        self.total, self.samples, self.start_step = max(1, total), samples_per_step, done
-        self.names = [ph.name for ph in phases]
-        self.t0 = self.last = time.perf_counter()
-        self.next_share = 0.1
-        self.losses: list[float] = []
-
-    def update(self, step: int, entry: dict) -> None:
-        self.losses.append(entry["loss"])
-        now = time.perf_counter()
-        due = step / self.total >= self.next_share or now - self.last >= 30
-        if step != self.total and (not due or now - self.last < 5):
-            return
-        while self.next_share <= step / self.total:
-            self.next_share += 0.1
-        rate = (step - self.start_step) / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        log.info(
-            "train %s epoch %d: step %d/%d (%.0f%%), loss %.4f, %.1f samples/s, %s elapsed, %s left",
-            entry["phase"],
-            entry["epoch"] + 1,
-            step,
-            self.total,
-            100 * step / self.total,
-            float(np.mean(self.losses)),
-            rate * self.samples,
-            clock(now - self.t0),
-            clock(eta),
-        )
-        self.losses, self.last = [], now
 
 
 class _BatchSource:
