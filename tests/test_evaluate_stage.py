@@ -56,4 +56,5 @@ def test_evaluate_stage_writes_metrics_plots_and_analyses(tmp_path):
     for key in ("heatmap",):
         assert (project / params["evaluate"]["lens"][key]).stat().st_size > 1000
     scatter = pd.read_csv(project / params["evaluate"]["scatter"])
-    assert {"mos_norm", "score_1_5"} <= set(scatter.columns) and len(scatter) == 24
+    assert {"mos_norm", "score_1_5", "split"} <= set(scatter.columns) and len(scatter) == 24
+    assert (project / params["evaluate"]["scatter_plot"]).stat().st_size > 5000

@@ -36,6 +36,18 @@ def test_stages_chain_on_small_demo(tmp_path, monkeypatch):
     assert set(pm["pmod"]) <= {"train", "val", "test"} and "pmod_mean" in pm["pmod"]["train"]
     corr = pd.read_csv(params["pmod"]["plot_correlations"])
     assert {"split", "annotator", "srcc", "plcc"} <= set(corr.columns)
+    # each annotator's calibration curve: the table DVC draws follows the fitted calibration
+    curves = pd.read_csv(params["pmod"]["plot_calibration"])
+    fitted = json.loads(Path(params["pmod"]["calibrations"]).read_text())
+    assert set(curves["annotator"]) == set(fitted) == {"niqe", "sharpness", "blur", "noise"}
+    for name, g in curves.groupby("annotator"):
+        c = fitted[name]
+        assert g["raw"].min() == min(c["x"]) and g["raw"].max() == max(c["x"])
+        assert g["calibrated"].between(1, 5).all()
+        # a lower-is-better score (NIQE) maps to a falling curve, a higher-is-better one to a rising
+        trend = g["calibrated"].iloc[-1] - g["calibrated"].iloc[0]
+        assert (trend >= 0) == c["higher_is_better"] or trend == 0, name
+    assert Path(params["pmod"]["calibration_png"]).stat().st_size > 5000
 
 
 def test_a_bad_manifest_fails_the_validate_stage(tmp_path, monkeypatch):

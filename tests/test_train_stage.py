@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -260,5 +261,12 @@ def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continue
     pre = client.get_metric_history(run.info.run_id, "pretrain.train.loss")
     main = client.get_metric_history(run.info.run_id, "train.loss")
     assert [h.step for h in pre] == list(range(1, 9)) and [h.step for h in main] == list(range(9, 17))
+    # the DVC plot table holds the same curve: both phases, one step count, the logged losses
+    loss = pd.read_csv(project / "reports/train_loss.csv")
+    assert list(loss["step"]) == list(range(1, 17)) and list(loss["phase"][:8].unique()) == ["pretrain"]
+    assert loss["loss"].tolist() == pytest.approx([h.value for h in pre + main], rel=1e-6)
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/train_loss.csv", "plots/train_loss.png"}
+    assert (project / "reports/train_loss.png").stat().st_size > 5000
     assert not any((project / "models/checkpoints").glob("*/ckpt-*"))  # a finished run keeps no resume points
     assert run.data.params["pretrain.method"] == "vital"

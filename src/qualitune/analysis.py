@@ -249,50 +249,10 @@ def grounding(
     return out
 
 
-def plot_heatmap(table: pd.DataFrame, path, *, title: str) -> None:
-    """Layer x token heatmap of mean probabilities (from `candidate_lens`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pivot = table.pivot_table(index="layer", columns="token", values="prob", aggfunc="mean")
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * pivot.shape[1], 1 + 0.5 * pivot.shape[0]))
-    im = ax.imshow(pivot.to_numpy(), aspect="auto", cmap="viridis")
-    ax.set_xticks(range(pivot.shape[1]), [repr(c) for c in pivot.columns])
-    ax.set_yticks(range(pivot.shape[0]), pivot.index)
-    ax.set_xlabel("answer token")
-    ax.set_ylabel("layer (0 = embeddings)")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="mean probability")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_attention(table: pd.DataFrame, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for part, g in table.groupby("part"):
-        ax.plot(g["layer"], g["share"], marker="o", label=part)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("attention share at the score position")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 __all__ = [
     "attention_shares",
     "candidate_lens",
     "grounding",
     "instability",
     "logit_lens",
-    "plot_attention",
-    "plot_heatmap",
 ]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
+
+from qualitune.logs import setup as setup_logging
 
 # Module names under qualitune.commands, in the order `--help` lists them.
 COMMANDS = (
@@ -37,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune vision-language models into image/video quality scorers; data, labels, "
         "machine opinion distributions, training, evaluation, registry and serving.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument(
+        "-v", "--verbose", action="store_true", help="debug messages, third-party libraries' included"
+    )
+    loud.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only; no progress output"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
@@ -48,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        setup_logging(verbose=args.verbose, quiet=args.quiet)
+    except ValueError as exc:
+        print(f"qualitune: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:  # user-facing errors: message only, no traceback

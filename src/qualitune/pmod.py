@@ -258,11 +258,14 @@ def run_pmod(
     calibrations: str | Path | None = None,
     plot_correlations: str | Path | None = None,
     plot_scatter: str | Path | None = None,
+    plot_calibration: str | Path | None = None,
+    calibration_png: str | Path | None = None,
 ) -> dict:
     """Files in, files out: the `pmod` stage and the `qualitune pmod` command both call this.
 
     Writes the manifest with PMOD columns and descriptions to `out`, and, when given, the metrics
-    (SRCC/PLCC per split), the fitted calibrations and the two plot tables. Returns the report.
+    (SRCC/PLCC per split), the fitted calibrations, the plot tables and the calibration curves (a
+    table for `dvc plots`, a PNG for MLflow). Returns the report.
     """
     from qualitune.annotators import get_annotator
     from qualitune.manifest import manifest_metadata, read_manifest, write_manifest
@@ -286,6 +289,14 @@ def run_pmod(
         _write_json(metrics, {"pmod": summary, "n_unscored": res.n_unscored})
     if calibrations:
         _write_json(calibrations, {n: c.to_dict() for n, c in res.calibrations.items()})
+    if plot_calibration or calibration_png:
+        from qualitune import plots
+
+        curves = plots.calibration_table({n: c.to_dict() for n, c in res.calibrations.items()})
+        if plot_calibration:
+            _write_csv(plot_calibration, curves)
+        if calibration_png:
+            plots.calibration_curves(curves, calibration_png)
     if plot_correlations:
         rows = [{"split": s, "annotator": k, **v} for s, per in report.items() for k, v in per.items()]
         _write_csv(plot_correlations, pd.DataFrame(rows))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -285,7 +285,12 @@ class Scorer:
         return scores, descriptions
 
     def score_paths(
-        self, paths: Sequence[str | Path], *, mode: str = "expected", batch_size: int = 8
+        self,
+        paths: Sequence[str | Path],
+        *,
+        mode: str = "expected",
+        batch_size: int = 8,
+        on_progress: Callable[[int, int], Any] | None = None,
     ) -> ScoreRun:
         """Score files; a file that cannot be read gets an `error` and never stops the batch.
 
@@ -293,7 +298,8 @@ class Scorer:
         next `batch_size` files while the model scores the current batch, so decoding overlaps the
         model (PIL and PyAV release the GIL) and memory holds about two batches of pixels however
         many files there are. Batches are the readable files in order, as if the unreadable ones
-        were not there, so a bad file never changes another file's score.
+        were not there, so a bad file never changes another file's score. `on_progress(done, total)`
+        replaces the progress output of this call (a caller scoring in chunks keeps one for all).
         """
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -303,14 +309,16 @@ class Scorer:
         waiting: list[tuple[int, Any, str]] = []
         n_errors = 0
 
-        progress = Progress(len(paths), f"scoring ({mode})", "files")
+        if on_progress is None:
+            progress = Progress(len(paths), f"scoring ({mode})", "files")
+            on_progress = lambda done, _total: progress.update(done)  # noqa: E731
 
         def flush(items: list[tuple[int, Any, str]]) -> None:
             self.score_into(
                 results, items, mode=mode, batch_size=len(items), report=report, index_offset=len(scored)
             )
             scored.extend(i for i, _, _ in items)
-            progress.update(len(scored) + n_errors)
+            on_progress(len(scored) + n_errors, len(paths))
 
         chunks = iter(range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qualitune-decode") as pool:

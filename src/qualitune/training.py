@@ -138,6 +138,8 @@ class TrainSettings:
             "resume",
             "val_batch_size",
             "metrics",
+            "loss_table",
+            "loss_plot",
             "data",
             "tuned_params",
             "pretrain",
@@ -773,9 +775,8 @@ def train(
         history.append(entry)
         recent_losses.append(entry["loss"])
         if acc.is_main_process:
-            extra = f"{phase.name} epoch {step.epoch + 1}, step {opt_step}/{n_opt_steps}, loss {np.mean(recent_losses):.4f}"
-            if progress.update(opt_step * per_step, extra):
-                recent_losses = []
+            extra = f"{phase.name} epoch {step.epoch + 1}, step {opt_step}/{n_opt_steps}, loss {np.mean(recent_losses[-20:]):.4f}"
+            progress.update(opt_step * per_step, extra)
         if on_log is not None and acc.is_main_process:
             on_log(opt_step, {"train.loss": entry["loss"], "train.lr": entry["lr"]})
         if (

@@ -49,6 +49,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from qualitune.config import deep_merge
+from qualitune.progress import Progress
 
 log = logging.getLogger("qualitune.tune")
 
@@ -654,9 +655,14 @@ def run_search(params: dict[str, Any], settings: TuneSettings | None = None) -> 
         worker,
     )
     failures = 0
+    # the study's finished trials (every worker's), so a joining worker's bar starts where the study is
+    progress = Progress(settings.n_trials, f"tune {settings.study_name}", "trials", start=len(live))
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal failures
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        best = best_trial(study)
+        progress.update(min(done, settings.n_trials), f"best {best.value:.4f}" if best is not None else "")
         if trial.state.name == "COMPLETE":
             log_metrics({"trial_value": trial.value}, step=trial.number)
         elif trial.state.name == "FAIL" and not trial.user_attrs.get("surplus"):
@@ -683,7 +689,8 @@ def run_search(params: dict[str, Any], settings: TuneSettings | None = None) -> 
                 )
             )
         if len(live) < settings.n_trials:
-            _optimize(study, objective(params, settings), settings, catch, after_trial)
+            with progress:
+                _optimize(study, objective(params, settings), settings, catch, after_trial)
         counts = _counts(study)
         best = best_trial(study)
         summary: dict[str, Any] = {

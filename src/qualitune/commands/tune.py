@@ -60,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m qualitune.commands.tune`: the same command without the `qualitune` launcher."""
-    import logging
+    from qualitune.logs import setup as setup_logging
 
     parser = argparse.ArgumentParser(prog="qualitune tune")
     _add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        setup_logging()
         return run(args)
     except ValueError as exc:
         print(f"qualitune tune: error: {exc}", file=sys.stderr)

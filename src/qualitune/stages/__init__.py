@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from qualitune.config import DEFAULT_PARAMS, load_params
+from qualitune.logs import setup as setup_logging
 
 
 def stage_main(name: str, body: Callable[[dict[str, Any]], int], argv: list[str] | None = None) -> int:
@@ -21,8 +21,8 @@ def stage_main(name: str, body: Callable[[dict[str, Any]], int], argv: list[str]
     )
     parser.add_argument("--params", default=str(DEFAULT_PARAMS), help="params file (default params.yaml)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        setup_logging()  # QUALITUNE_LOG_LEVEL=DEBUG dvc repro for everything
         return int(body(load_params(args.params)) or 0)
     except ValueError as exc:
         print(f"{name} stage: error: {exc}", file=sys.stderr)

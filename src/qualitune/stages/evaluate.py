@@ -34,7 +34,7 @@ def _sample(df, n: int, seed: int):
 def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) -> dict[str, Any]:
     import pandas as pd
 
-    from qualitune import analysis
+    from qualitune import analysis, plots
     from qualitune.baselines import evaluate_baselines
     from qualitune.evaluate import evaluate_split
     from qualitune.manifest import read_manifest
@@ -83,6 +83,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     predictions.drop(columns=["levels"], errors="ignore").to_csv(out_paths["predictions"], index=False)
     scatter = predictions[predictions["mode"] == modes[0]][["item_id", "split", "mos_norm", "score_1_5"]]
     scatter.to_csv(out_paths["scatter"], index=False)
+    plots.scatter_by_split(scatter, cfg["scatter_plot"])
 
     val = df[df["split"] == "val"]
     inst_cfg = dict(cfg.get("instability", {}))
@@ -106,7 +107,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     lens_items = _sample(val, int(lens_cfg.get("sample", 8)), seed)["path"].astype(str).tolist()
     lens = analysis.logit_lens(scorer, lens_items, top_k=int(lens_cfg.get("top_k", 5)))
     lens.to_csv(lens_cfg["table"], index=False)
-    analysis.plot_heatmap(
+    plots.logit_lens_heatmap(
         analysis.candidate_lens(scorer, lens_items),
         lens_cfg["heatmap"],
         title="logit lens: answer-token probability per layer",
@@ -115,7 +116,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     att_items = _sample(val, int(att_cfg.get("sample", 8)), seed)["path"].astype(str).tolist()
     att = analysis.attention_shares(scorer, att_items)
     att.to_csv(att_cfg["table"], index=False)
-    analysis.plot_attention(att, att_cfg["plot"])
+    plots.attention_shares(att, att_cfg["plot"])
 
     out_paths["metrics"].write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     with start_run(
@@ -125,14 +126,13 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
         tags={"stage": "evaluate"},
     ):
         log_metrics(_numeric(metrics))
-        for path in (
-            *out_paths.values(),
-            lens_cfg["table"],
-            lens_cfg["heatmap"],
-            att_cfg["table"],
-            att_cfg["plot"],
-        ):
+        for path in (*out_paths.values(), lens_cfg["table"], att_cfg["table"]):
             log_artifacts(path, "evaluate")
+        # the pictures, together on the run page: this run's and the PMOD stage's calibration curves
+        calibration_png = section(params, "pmod").get("calibration_png")
+        for path in (cfg["scatter_plot"], lens_cfg["heatmap"], att_cfg["plot"], calibration_png):
+            if path and Path(path).is_file():
+                log_artifacts(path, "plots")
     for split in ("val", "test"):
         for mode, m in metrics.get(split, {}).items():
             if mode == "baselines":

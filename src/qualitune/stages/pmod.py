@@ -29,6 +29,8 @@ def run_stage(params: dict) -> int:
         calibrations=cfg["calibrations"],
         plot_correlations=cfg["plot_correlations"],
         plot_scatter=cfg["plot_scatter"],
+        plot_calibration=cfg["plot_calibration"],
+        calibration_png=cfg["calibration_png"],
     )
     return 0
 

@@ -235,6 +235,16 @@ def train_scorer(
         log_metrics({"val": _numeric(val_metrics), "train_seconds": train_seconds})
         log_artifacts(out_dir, "scorer")
         log_artifacts(metrics_path)
+        # one step count over both phases, as in MLflow; `task` is the phase's own objective
+        history = [
+            {**h, "task": h["phase"], "phase": "pretrain"}
+            for h in (pre_result.history if pre_result is not None else [])
+        ] + [
+            {**h, "task": h["phase"], "phase": "recipe", "step": h["step"] + step_offset}
+            for h in result.history
+        ]
+        for path in _write_loss_plots(history, tcfg.get("loss_table"), tcfg.get("loss_plot")):
+            log_artifacts(path, "plots")
     for mode, m in val_metrics.items():
         log.info(
             "val %s: SRCC %.3f PLCC %.3f (n=%d, parse failures %d)",
@@ -264,6 +274,24 @@ def _json_default(o):
 def run_stage(params: dict[str, Any]) -> int:
     train_scorer(params)
     return 0
+
+
+def _write_loss_plots(history: list[dict], table: str | None, picture: str | None) -> list[Path]:
+    """The loss per optimizer step (both phases, one step count) as a table and a picture."""
+    import pandas as pd
+
+    from qualitune import plots
+
+    df = pd.DataFrame(history, columns=["step", "phase", "task", "epoch", "loss", "lr"])
+    written = []
+    if table:
+        Path(table).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(table, index=False)
+        written.append(Path(table))
+    if picture and len(df):
+        plots.loss_curve(df, picture)
+        written.append(Path(picture))
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
