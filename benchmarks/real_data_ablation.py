@@ -5,13 +5,17 @@
 Each variant is `qualitune experiment configs/params/real-data.yaml configs/params/real-data-ablation.yaml
 --name abl-NAME --target evaluate` with the variant's `--set` values (500 train photos, outputs under
 models/real/ablation and reports/real/ablation). The table comes from `dvc exp show --json`: held-out
-(test) SRCC/PLCC in expected mode beside both baselines, and the share of photos whose level changed.
+(test) SRCC/PLCC in expected mode beside both baselines, and the share of photos whose level changed,
+written to reports/real/ablation/summary.json (committed: docs/build.py renders the docs table from it).
 """
 
 import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import yaml
 
 # A ladder: each row adds one thing to the row above (PMOD pre-training is the pipeline default, so
 # the rows below it switch it off); two-stage is the third seed method on the same photos.
@@ -25,6 +29,7 @@ VARIANTS = {
 }
 OVERLAYS = ["configs/params/real-data.yaml", "configs/params/real-data-ablation.yaml"]
 METRICS = "reports/real/ablation/eval_metrics.json"
+SUMMARY = "reports/real/ablation/summary.json"
 
 
 def run(name: str, extra: list[str]) -> None:
@@ -33,21 +38,43 @@ def run(name: str, extra: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "qualitune.cli", *cmd], check=True)
 
 
-def rows(shown: list[dict]) -> list[str]:
-    """Markdown rows, one per ablation experiment in `dvc exp show --json` output."""
-    out = []
+def summary(shown: list[dict]) -> dict:
+    """The ablation rows, in ladder order, from `dvc exp show --json` output (the file docs/ renders)."""
+    found = {}
     for exp in (e for rev in shown for e in rev.get("experiments") or []):
         name = (exp.get("name") or "").removeprefix("abl-")
         m = ((exp["revs"][0]["data"].get("metrics") or {}).get(METRICS) or {}).get("data")
         if name in VARIANTS and m:
-            t, b, inst = m["test"]["expected"], m["test"]["baselines"], m["instability"]
-            cells = [t["srcc"], t["plcc"], b["linear_probe"]["srcc"], b["pmod_mean"]["srcc"]]
-            out.append(
-                f"| {name} | "
-                + " | ".join(f"{c:.3f}" for c in cells)
-                + f" | {inst['share_level_changed']:.2f} |"
-            )
-    return out
+            t, b = m["test"]["expected"], m["test"]["baselines"]
+            found[name] = {
+                "variant": name,
+                "overrides": VARIANTS[name],
+                "test_srcc": t["srcc"],
+                "test_plcc": t["plcc"],
+                "val_srcc": m["val"]["expected"]["srcc"],
+                "probe_srcc": b["linear_probe"]["srcc"],
+                "pmod_mean_srcc": b["pmod_mean"]["srcc"],
+                "share_level_changed": m["instability"]["share_level_changed"],
+            }
+    overlay = yaml.safe_load((Path(__file__).resolve().parents[1] / OVERLAYS[1]).read_text())
+    return {
+        "n_train": overlay["train"]["max_train_samples"],
+        "seed": 0,
+        "rows": [found[v] for v in VARIANTS if v in found],
+    }
+
+
+def table(s: dict) -> str:
+    head = "| variant | test SRCC | test PLCC | val SRCC | probe SRCC | PMOD-mean SRCC | level changed |"
+    lines = [head, "|---" * 7 + "|"]
+    for r in s["rows"]:
+        cells = [r[k] for k in ("test_srcc", "test_plcc", "val_srcc", "probe_srcc", "pmod_mean_srcc")]
+        lines.append(
+            f"| {r['variant']} | "
+            + " | ".join(f"{c:.3f}" for c in cells)
+            + f" | {r['share_level_changed']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
@@ -61,7 +88,9 @@ if __name__ == "__main__":
     show = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], capture_output=True, check=True
     )
-    print(
-        "| variant | SRCC | PLCC | probe SRCC | PMOD-mean SRCC | level changed |\n|---|---|---|---|---|---|"
-    )
-    print("\n".join(rows(json.loads(show.stdout))))
+    result = summary(json.loads(show.stdout))
+    with open(SUMMARY, "w") as fh:
+        json.dump(result, fh, indent=2)
+        fh.write("\n")
+    print(table(result))
+    print(f"wrote {SUMMARY} (committed; docs/build.py renders docs/methods.md's table from it)")

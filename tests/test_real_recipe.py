@@ -294,13 +294,33 @@ def test_the_ablation_table_reads_each_experiments_metrics():
     import real_data_ablation as abl
 
     m = {
+        "val": {"expected": {"srcc": 0.9}},
         "test": {
             "expected": {"srcc": 0.8, "plcc": 0.81},
             "baselines": {"linear_probe": {"srcc": 0.7}, "pmod_mean": {"srcc": 0.5}},
         },
         "instability": {"share_level_changed": 0.25},
     }
-    exp = {"name": "abl-decimal", "revs": [{"data": {"metrics": {abl.METRICS: {"data": m}}}}]}
+
+    def exp(name: str, srcc: float) -> dict:
+        data = {**m, "test": {**m["test"], "expected": {"srcc": srcc, "plcc": 0.81}}}
+        return {"name": name, "revs": [{"data": {"metrics": {abl.METRICS: {"data": data}}}}]}
+
     other = {"name": "real-data", "revs": [{"data": {"metrics": {}}}]}
-    shown = [{"rev": "workspace", "experiments": None}, {"rev": "abc", "experiments": [exp, other]}]
-    assert abl.rows(shown) == ["| decimal | 0.800 | 0.810 | 0.700 | 0.500 | 0.25 |"]
+    shown = [
+        {"rev": "workspace", "experiments": None},
+        {"rev": "abc", "experiments": [exp("abl-integer", 0.85), exp("abl-decimal", 0.8), other]},
+    ]
+    s = abl.summary(shown)
+    assert s["n_train"] == 500 and [r["variant"] for r in s["rows"]] == ["decimal", "integer"]  # ladder order
+    assert s["rows"][0] == {
+        "variant": "decimal",
+        "overrides": abl.VARIANTS["decimal"],
+        "test_srcc": 0.8,
+        "test_plcc": 0.81,
+        "val_srcc": 0.9,
+        "probe_srcc": 0.7,
+        "pmod_mean_srcc": 0.5,
+        "share_level_changed": 0.25,
+    }
+    assert abl.table(s).splitlines()[2] == "| decimal | 0.800 | 0.810 | 0.900 | 0.700 | 0.500 | 0.25 |"
