@@ -58,3 +58,20 @@ def test_evaluate_stage_writes_metrics_plots_and_analyses(tmp_path):
     scatter = pd.read_csv(project / params["evaluate"]["scatter"])
     assert {"mos_norm", "score_1_5", "split"} <= set(scatter.columns) and len(scatter) == 24
     assert (project / params["evaluate"]["scatter_plot"]).stat().st_size > 5000
+
+
+def test_summary_line_names_each_split_its_baselines_and_failures():
+    from qualitune.stages.evaluate import summary_line
+
+    m = {
+        "val": {"expected": {"srcc": 0.5, "plcc": 0.6, "parse_failures": 2, "media_errors": 1}},
+        "test": {
+            "expected": {"srcc": 0.83, "plcc": 0.857, "parse_failures": 0},
+            "baselines": {"linear_probe": {"srcc": 0.77}, "pmod_mean": {"srcc": 0.554}},
+        },
+        "instability": {"share_level_changed": 0.3125},
+    }
+    assert summary_line(m, "expected") == (
+        "evaluate (expected): test SRCC 0.830 PLCC 0.857 (linear probe 0.770, pmod mean 0.554); "
+        "val SRCC 0.500 PLCC 0.600, 3 not scored; level changed on 31% of repeated queries"
+    )

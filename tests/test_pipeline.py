@@ -14,7 +14,7 @@ from qualitune.stages import annotate, build_demo, ingest, labels, pmod, validat
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_stages_chain_on_small_demo(tmp_path, monkeypatch):
+def test_stages_chain_on_small_demo(tmp_path, monkeypatch, capsys):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["demo"].update(
         crops_per_image=1, distortions=["gaussian_blur", "white_noise", "jpeg"], n_video_clips=6, workers=1
@@ -24,6 +24,9 @@ def test_stages_chain_on_small_demo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # every path in params is relative to the project root
     for stage in (build_demo, ingest, validate, labels, annotate, pmod):
         assert stage.main(["--params", "params.yaml"]) == 0, stage.__name__
+    out = capsys.readouterr().out.splitlines()
+    (pmod_line,) = [line for line in out if line.startswith("pmod")]  # one summary line, no per-annotator list
+    assert "PMOD-mean SRCC vs MOS" in pmod_line and "best single annotator" in pmod_line
 
     labeled = read_manifest(params["labels"]["out"])
     assert {"image", "video"} == set(labeled["media"])

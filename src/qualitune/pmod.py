@@ -303,9 +303,22 @@ def run_pmod(
     if plot_scatter:
         scatter = frame[["item_id", "split", "mos_norm", "pmod_mean", "pmod_std"]]
         _write_csv(plot_scatter, scatter[np.isfinite(scatter["pmod_mean"])])
-    for split, per in report.items():
-        line = ", ".join(f"{k} {v['srcc']:+.3f}" for k, v in per.items())
-        print(f"pmod SRCC vs MOS [{split}]: {line}")
+    for split, per in report.items():  # per annotator: in the metrics file and the plot
+        log.debug(
+            "pmod SRCC vs MOS [%s]: %s", split, ", ".join(f"{k} {v['srcc']:+.3f}" for k, v in per.items())
+        )
+    mean = ", ".join(
+        f"{s} {per['pmod_mean']['srcc']:+.3f}" for s, per in report.items() if "pmod_mean" in per
+    )
+    best = max(
+        ((k, v["srcc"]) for k, v in report.get("train", {}).items() if k != "pmod_mean"),
+        key=lambda kv: abs(kv[1]) if np.isfinite(kv[1]) else -1,
+        default=None,
+    )
+    print(
+        f"pmod: {len(frame)} items, {len(annotators)} annotators; PMOD-mean SRCC vs MOS {mean}"
+        + (f"; best single annotator on train: {best[0]} {best[1]:+.3f}" if best else "")
+    )
     if res.n_unscored:
         print(
             f"pmod: {res.n_unscored} items had no annotator score; their PMOD is NaN (see the annotations' error column)"

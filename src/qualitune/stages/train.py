@@ -245,15 +245,21 @@ def train_scorer(
         ]
         for path in _write_loss_plots(history, tcfg.get("loss_table"), tcfg.get("loss_plot")):
             log_artifacts(path, "plots")
-    for mode, m in val_metrics.items():
-        log.info(
-            "val %s: SRCC %.3f PLCC %.3f (n=%d, parse failures %d)",
-            mode,
-            m["srcc"],
-            m["plcc"],
-            m["n"],
-            m["parse_failures"],
+    t = metrics["train"]
+    print(  # the stage's one line
+        f"train: {t['n_examples']} examples, {t['optimizer_steps']} steps in {t['seconds']:.0f} s"
+        + (
+            f" after {metrics['pretrain']['optimizer_steps']} PMOD pre-training steps"
+            if metrics["pretrain"]
+            else ""
         )
+        + "; val "
+        + ", ".join(
+            f"{mode} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f}"
+            + (f" ({m['parse_failures']} unparsed)" if m["parse_failures"] else "")
+            for mode, m in val_metrics.items()
+        )
+    )
     return metrics
 
 
