@@ -61,6 +61,7 @@ def summary(shown: list[dict]) -> dict:
         "n_train": overlay["train"]["max_train_samples"],
         "seed": 0,
         "rows": [found[v] for v in VARIANTS if v in found],
+        "not_run": [v for v in VARIANTS if v not in found],
     }
 
 

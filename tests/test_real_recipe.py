@@ -313,6 +313,7 @@ def test_the_ablation_table_reads_each_experiments_metrics():
     ]
     s = abl.summary(shown)
     assert s["n_train"] == 500 and [r["variant"] for r in s["rows"]] == ["decimal", "integer"]  # ladder order
+    assert s["not_run"] == ["integer-mask", "pmod-pretrain", "two-stage"]  # said, not silently missing
     assert s["rows"][0] == {
         "variant": "decimal",
         "overrides": abl.VARIANTS["decimal"],
