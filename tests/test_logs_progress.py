@@ -12,7 +12,12 @@ import pytest
 from qualitune import logs, progress
 from qualitune.progress import Progress
 
-GX_IMPORT = "from qualitune.logs import setup; setup(); import great_expectations"
+# what the validate stage does: import GX (it registers ~400 functions at INFO) and open a context
+# (its child logger, set to INFO by GX itself, announces a temporary docs directory)
+GX_IMPORT = (
+    "from qualitune.logs import setup; setup(); import great_expectations as gx; "
+    "gx.get_context(mode='ephemeral')"
+)
 
 
 def _import_gx(env_level: str | None) -> str:

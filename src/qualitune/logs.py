@@ -39,6 +39,15 @@ THIRD_PARTY = (
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
+class ThirdPartyFilter(logging.Filter):
+    """Drops third-party records below WARNING at the handler: some libraries (Great Expectations)
+    set INFO on their own child loggers, which a level on the parent logger does not override."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        top = record.name.split(".", 1)[0]
+        return record.levelno >= logging.WARNING or top not in THIRD_PARTY
+
+
 def level_from(verbose: bool = False, quiet: bool = False) -> int:
     """The qualitune log level for these flags and `QUALITUNE_LOG_LEVEL`."""
     name = os.environ.get("QUALITUNE_LOG_LEVEL", "").strip().upper()
@@ -62,6 +71,11 @@ def setup(verbose: bool = False, quiet: bool = False) -> int:
     level = level_from(verbose, quiet)
     logging.basicConfig(level=level, format=FORMAT)
     logging.getLogger().setLevel(level)
+    for handler in logging.getLogger().handlers:  # also for loggers a library set a level on itself
+        for f in [f for f in handler.filters if isinstance(f, ThirdPartyFilter)]:
+            handler.removeFilter(f)
+        if level > logging.DEBUG:
+            handler.addFilter(ThirdPartyFilter())
     logging.getLogger("qualitune").setLevel(level)
     noisy = level > logging.DEBUG
     for name in THIRD_PARTY:
@@ -70,11 +84,14 @@ def setup(verbose: bool = False, quiet: bool = False) -> int:
         # transformers keeps its own verbosity (its "[transformers] ..." advice lines): read from the
         # environment at import, so importing it here (slow) is only needed when it already was
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # and its "Loading weights" bars (huggingface_hub's switch, also read at import)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         if "transformers" in sys.modules:
             sys.modules["transformers"].logging.set_verbosity_error()
+            sys.modules["transformers"].logging.disable_progress_bar()
         # deprecation advice from libraries, aimed at their developers rather than at our users
         warnings.filterwarnings("ignore", category=FutureWarning)
     return level
 
 
-__all__ = ["THIRD_PARTY", "level_from", "setup"]
+__all__ = ["THIRD_PARTY", "ThirdPartyFilter", "level_from", "setup"]

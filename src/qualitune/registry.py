@@ -469,7 +469,7 @@ def log_and_register(
         )
         report = decision.write(settings.report)
         log_artifacts(report)
-    log.info("%s", reason)
+    log.debug("%s", reason)  # callers (the register stage, the retraining flow) report the decision
     return decision
 
 

@@ -616,7 +616,7 @@ def train(
     n_examples = {ph.name: len(ph.examples) for ph in phases}
     for ph in phases:
         tasks = pd.Series([e.task for e in ph.examples]).value_counts().to_dict() if ph.examples else {}
-        log.info("phase %s: %d examples %s, %.2f epochs", ph.name, len(ph.examples), tasks, ph.epochs)
+        log.debug("phase %s: %d examples %s, %.2f epochs", ph.name, len(ph.examples), tasks, ph.epochs)
     global_batch = settings.batch_size * acc.num_processes
     lengths = None
     if settings.group_by_length:
@@ -639,13 +639,13 @@ def train(
     if is_compact(model):  # a from-scratch projector needs its inputs' scales (see compact.py)
         paths = sorted({p for ph in phases for ex in ph.examples for p in ex.media})
         if standardise_projector(model, image_processor, paths):
-            log.info("compact projector standardised on %d training photos", min(len(paths), 512))
+            log.debug("compact projector standardised on %d training photos", min(len(paths), 512))
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     counts = count_parameters(model)
-    log.info("parameters: %s", counts)
+    log.debug("parameters: %s", counts)
     level_ids = level_token_ids(tokenizer) if settings.fmt.kind == "level" else None
     loss_cfg = LossConfig(
         loss_on=settings.loss_on,
@@ -671,7 +671,7 @@ def train(
         params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True if fused else None
     )
     prefetch = use_cuda if settings.prefetch == "auto" else bool(settings.prefetch)
-    log.info(
+    log.debug(
         "throughput: packing %s (attention %s), vision cache %s, fused AdamW %s, prefetch %s, "
         "length-grouped batches %s",
         pack,
@@ -795,7 +795,7 @@ def train(
                 break
     source.close()
     if cache is not None:
-        log.info(
+        log.debug(
             "vision cache: %d items, %.1f MiB, %d hits, %d misses",
             len(cache),
             cache.nbytes / 2**20,

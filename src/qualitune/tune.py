@@ -635,7 +635,7 @@ def run_search(params: dict[str, Any], settings: TuneSettings | None = None) -> 
         write_overlay(
             settings.out, {}, "# tune.n_trials is 0: no search, the train stage uses params as they are\n"
         )
-        log.info("tune.n_trials is 0: wrote an empty overlay to %s", settings.out)
+        log.debug("tune.n_trials is 0: wrote an empty overlay to %s", settings.out)  # the summary says it
         return {"n_trials": 0, "out": settings.out, "written": True, "best": None}
 
     from qualitune.tracking import log_artifacts, log_metrics, start_run, tracking_settings

@@ -39,12 +39,8 @@ def register_scorer(
     if len(val_df) == 0:
         raise ValueError(f"{data} has no val split to compare challenger and champion on")
     decision = log_and_register(scorer_dir, settings, tracking, val_df=val_df, params=params)
-    log.info("%s", decision.reason)
-    log.info(
-        "models:/%s@champion -> v%s; decision written to %s",
-        decision.model_name,
-        decision.champion_after,
-        settings.report,
+    print(
+        f"register: {decision.reason}; models:/{decision.model_name}@champion -> v{decision.champion_after}"
     )
     return decision
 

@@ -247,7 +247,7 @@ def train_scorer(
             log_artifacts(path, "plots")
     t = metrics["train"]
     print(  # the stage's one line
-        f"train: {t['n_examples']} examples, {t['optimizer_steps']} steps in {t['seconds']:.0f} s"
+        f"train: {_count(t['n_examples'])} examples, {t['optimizer_steps']} steps in {t['seconds']:.0f} s"
         + (
             f" after {metrics['pretrain']['optimizer_steps']} PMOD pre-training steps"
             if metrics["pretrain"]
@@ -280,6 +280,11 @@ def _json_default(o):
 def run_stage(params: dict[str, Any]) -> int:
     train_scorer(params)
     return 0
+
+
+def _count(n: int | dict) -> str:
+    """`1004` or, per task, `1004 score + 200 describe`."""
+    return " + ".join(f"{v} {k}" for k, v in n.items()) if isinstance(n, dict) else str(n)
 
 
 def _write_loss_plots(history: list[dict], table: str | None, picture: str | None) -> list[Path]:
