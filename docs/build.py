@@ -246,7 +246,18 @@ def ablation(root: Path) -> list[str]:
         "level changed",
     ]
     note = f"{count(s['n_train'])} train photos, one seed ({s['seed']})"
-    return [*table(header, rows), "", footer(src, note=note)]
+    missing = s.get("not_run") or []
+    said = (
+        [
+            "",
+            "Not run in this summary: "
+            + ", ".join(f"`{v}`" for v in missing)
+            + " (`python benchmarks/real_data_ablation.py --only NAME` adds a row).",
+        ]
+        if missing
+        else []
+    )
+    return [*table(header, rows), *said, "", footer(src, note=note)]
 
 
 def data_metrics(root: Path) -> list[str]:
