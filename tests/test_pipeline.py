@@ -25,7 +25,9 @@ def test_stages_chain_on_small_demo(tmp_path, monkeypatch, capsys):
     for stage in (build_demo, ingest, validate, labels, annotate, pmod):
         assert stage.main(["--params", "params.yaml"]) == 0, stage.__name__
     out = capsys.readouterr().out.splitlines()
-    (pmod_line,) = [line for line in out if line.startswith("pmod")]  # one summary line, no per-annotator list
+    (pmod_line,) = [
+        line for line in out if line.startswith("pmod")
+    ]  # one summary line, no per-annotator list
     assert "PMOD-mean SRCC vs MOS" in pmod_line and "best single annotator" in pmod_line
 
     labeled = read_manifest(params["labels"]["out"])
