@@ -1,13 +1,8 @@
-"""The README's ablations as DVC experiments of the real-data pipeline, then one table.
+"""The real-photo ablations as DVC experiments of the real-data pipeline, tabulated from `dvc exp show`.
 
-    python benchmarks/real_data_ablation.py [--only NAME ...] [--table-only] [--set key=value ...]
-
-Each variant is `qualitune experiment configs/params/real-data.yaml configs/params/real-data-ablation.yaml
---name abl-NAME --target evaluate` with the variant's `--set` values (500 train photos, outputs under
-models/real/ablation and reports/real/ablation). The table comes from `dvc exp show --json`: held-out
-(test) SRCC/PLCC in expected mode beside both baselines, and the share of photos whose level changed,
-written to reports/real/ablation/summary.json (committed: docs/build.py renders the docs table from it).
-"""
+`[--only NAME ...] [--table-only] [--set k=v ...]`: each variant is `qualitune experiment OVERLAYS
+--name abl-NAME --target evaluate` with its `--set` values (500 train photos, outputs under
+reports/real/ablation); writes reports/real/ablation/summary.json, rendered by docs/build.py."""
 
 import argparse
 import json
@@ -17,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-# A ladder: each row adds one thing to the row above (PMOD pre-training is the pipeline default, so
-# the rows below it switch it off); two-stage is the third seed method on the same photos.
+# A ladder, each row adding one thing to the row above (PMOD pre-training is the pipeline default,
+# so the rows below it switch it off); two-stage is the third seed method on the same photos.
 OFF = "train.pretrain.enabled=false"
 VARIANTS = {
     "decimal": ["train.answer_format=decimal", "train.loss_on=answer", OFF],
@@ -28,54 +23,23 @@ VARIANTS = {
     "two-stage": ["train.method=two_stage", OFF],
 }
 OVERLAYS = ["configs/params/real-data.yaml", "configs/params/real-data-ablation.yaml"]
-METRICS = "reports/real/ablation/eval_metrics.json"
-SUMMARY = "reports/real/ablation/summary.json"
-
-
-def run(name: str, extra: list[str]) -> None:
-    sets = [a for s in VARIANTS[name] + extra for a in ("--set", s)]
-    cmd = ["experiment", *OVERLAYS, "--name", f"abl-{name}", "--target", "evaluate", *sets]
-    subprocess.run([sys.executable, "-m", "qualitune.cli", *cmd], check=True)
+METRICS, SUMMARY = "reports/real/ablation/eval_metrics.json", "reports/real/ablation/summary.json"
 
 
 def summary(shown: list[dict]) -> dict:
-    """The ablation rows, in ladder order, from `dvc exp show --json` output (the file docs/ renders)."""
+    """The rows in ladder order from `dvc exp show --json` output, and the variants not run."""
     found = {}
     for exp in (e for rev in shown for e in rev.get("experiments") or []):
-        name = (exp.get("name") or "").removeprefix("abl-")
-        m = ((exp["revs"][0]["data"].get("metrics") or {}).get(METRICS) or {}).get("data")
-        if name in VARIANTS and m:
+        name, m = (exp.get("name") or "").removeprefix("abl-"), exp["revs"][0]["data"].get("metrics") or {}
+        if name in VARIANTS and (m := (m.get(METRICS) or {}).get("data")):
             t, b = m["test"]["expected"], m["test"]["baselines"]
-            found[name] = {
-                "variant": name,
-                "overrides": VARIANTS[name],
-                "test_srcc": t["srcc"],
-                "test_plcc": t["plcc"],
-                "val_srcc": m["val"]["expected"]["srcc"],
-                "probe_srcc": b["linear_probe"]["srcc"],
-                "pmod_mean_srcc": b["pmod_mean"]["srcc"],
-                "share_level_changed": m["instability"]["share_level_changed"],
-            }
+            found[name] = {"variant": name, "overrides": VARIANTS[name], "test_srcc": t["srcc"]}
+            found[name] |= {"test_plcc": t["plcc"], "val_srcc": m["val"]["expected"]["srcc"]}
+            found[name] |= {"probe_srcc": b["linear_probe"]["srcc"], "pmod_mean_srcc": b["pmod_mean"]["srcc"]}
+            found[name]["share_level_changed"] = m["instability"]["share_level_changed"]
     overlay = yaml.safe_load((Path(__file__).resolve().parents[1] / OVERLAYS[1]).read_text())
-    return {
-        "n_train": overlay["train"]["max_train_samples"],
-        "seed": 0,
-        "rows": [found[v] for v in VARIANTS if v in found],
-        "not_run": [v for v in VARIANTS if v not in found],
-    }
-
-
-def table(s: dict) -> str:
-    head = "| variant | test SRCC | test PLCC | val SRCC | probe SRCC | PMOD-mean SRCC | level changed |"
-    lines = [head, "|---" * 7 + "|"]
-    for r in s["rows"]:
-        cells = [r[k] for k in ("test_srcc", "test_plcc", "val_srcc", "probe_srcc", "pmod_mean_srcc")]
-        lines.append(
-            f"| {r['variant']} | "
-            + " | ".join(f"{c:.3f}" for c in cells)
-            + f" | {r['share_level_changed']:.2f} |"
-        )
-    return "\n".join(lines)
+    rows, missing = [found[v] for v in VARIANTS if v in found], [v for v in VARIANTS if v not in found]
+    return {"n_train": overlay["train"]["max_train_samples"], "seed": 0, "rows": rows, "not_run": missing}
 
 
 if __name__ == "__main__":
@@ -85,13 +49,11 @@ if __name__ == "__main__":
     p.add_argument("--set", action="append", default=[], help="one more params value for every variant")
     a = p.parse_args()
     for v in [] if a.table_only else a.only:
-        run(v, a.set)
+        sets = [x for s in VARIANTS[v] + a.set for x in ("--set", s)]
+        cmd = ["experiment", *OVERLAYS, "--name", f"abl-{v}", "--target", "evaluate", *sets]
+        subprocess.run([sys.executable, "-m", "qualitune.cli", *cmd], check=True)
     show = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json", "-A"], capture_output=True, check=True
     )
-    result = summary(json.loads(show.stdout))
-    with open(SUMMARY, "w") as fh:
-        json.dump(result, fh, indent=2)
-        fh.write("\n")
-    print(table(result))
-    print(f"wrote {SUMMARY} (committed; docs/build.py renders docs/methods.md's table from it)")
+    Path(SUMMARY).write_text(json.dumps(summary(json.loads(show.stdout)), indent=2) + "\n")
+    print(f"wrote {SUMMARY}; `python docs/build.py` renders docs/methods.md's table from it")

@@ -324,4 +324,3 @@ def test_the_ablation_table_reads_each_experiments_metrics():
         "pmod_mean_srcc": 0.5,
         "share_level_changed": 0.25,
     }
-    assert abl.table(s).splitlines()[2] == "| decimal | 0.800 | 0.810 | 0.900 | 0.700 | 0.500 | 0.25 |"
