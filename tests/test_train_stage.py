@@ -229,7 +229,7 @@ def test_zero_shot_transfer_of_a_trained_vision_encoder(trained, tmp_path):
     assert spec.recipe["init_vision_from"].endswith("models/scorer")
 
 
-def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continues(tmp_path):
+def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continues(tmp_path, capsys):
     """train.pretrain: a VITAL phase on the PMOD (level words, KL), then the IOVQA recipe on the same
     LoRA weights; both phases' losses reach MLflow and the metrics, checkpoints of both are cleaned."""
     from mlflow import MlflowClient
@@ -249,6 +249,10 @@ def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continue
         },
     )
     run_stages_in(project, train_stage)
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("train:")]
+    assert (
+        "16 score examples, 8 steps" in line and "after 8 PMOD pre-training steps; val expected SRCC" in line
+    )
     m = json.loads((project / "reports/train_metrics.json").read_text())
     assert (
         m["pretrain"]["optimizer_steps"] == 8 and m["train"]["optimizer_steps"] == 8

@@ -133,7 +133,6 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
         for path in (cfg["scatter_plot"], lens_cfg["heatmap"], att_cfg["plot"], calibration_png):
             if path and Path(path).is_file():
                 log_artifacts(path, "plots")
-    print(summary_line(metrics, modes[0]))  # the stage's one line; the rest is in the metrics file
     log.debug("instability: %s", metrics["instability"])
     return metrics
 
@@ -164,7 +163,9 @@ def _numeric(d: dict) -> dict:
 
 
 def run_stage(params: dict[str, Any]) -> int:
-    evaluate_scorer(params)
+    metrics = evaluate_scorer(params)
+    modes = list(section(params, "evaluate").get("modes", ["expected", "greedy"]))
+    print(summary_line(metrics, modes[0]))  # the stage's one line; the rest is in the metrics file
     return 0
 
 

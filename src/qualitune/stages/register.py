@@ -10,15 +10,12 @@ challenger is a normal outcome, not a failure: the stage exits 0 and the report 
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from qualitune.config import section
 from qualitune.stages import stage_main
-
-log = logging.getLogger("qualitune.register")
 
 
 def register_scorer(
@@ -38,15 +35,12 @@ def register_scorer(
     val_df = df[df["split"] == "val"].reset_index(drop=True)
     if len(val_df) == 0:
         raise ValueError(f"{data} has no val split to compare challenger and champion on")
-    decision = log_and_register(scorer_dir, settings, tracking, val_df=val_df, params=params)
-    print(
-        f"register: {decision.reason}; models:/{decision.model_name}@champion -> v{decision.champion_after}"
-    )
-    return decision
+    return log_and_register(scorer_dir, settings, tracking, val_df=val_df, params=params)
 
 
 def run_stage(params: dict[str, Any]) -> int:
-    register_scorer(params)
+    d = register_scorer(params)  # the stage's one line; `qualitune register` prints the JSON decision
+    print(f"register: {d.reason}; models:/{d.model_name}@champion -> v{d.champion_after}")
     return 0
 
 

@@ -245,21 +245,6 @@ def train_scorer(
         ]
         for path in _write_loss_plots(history, tcfg.get("loss_table"), tcfg.get("loss_plot")):
             log_artifacts(path, "plots")
-    t = metrics["train"]
-    print(  # the stage's one line
-        f"train: {_count(t['n_examples'])} examples, {t['optimizer_steps']} steps in {t['seconds']:.0f} s"
-        + (
-            f" after {metrics['pretrain']['optimizer_steps']} PMOD pre-training steps"
-            if metrics["pretrain"]
-            else ""
-        )
-        + "; val "
-        + ", ".join(
-            f"{mode} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f}"
-            + (f" ({m['parse_failures']} unparsed)" if m["parse_failures"] else "")
-            for mode, m in val_metrics.items()
-        )
-    )
     return metrics
 
 
@@ -278,8 +263,26 @@ def _json_default(o):
 
 
 def run_stage(params: dict[str, Any]) -> int:
-    train_scorer(params)
+    metrics = train_scorer(params)
+    if metrics:  # the main process: the stage's one line (library callers, e.g. tune, stay quiet)
+        print(summary_line(metrics))
     return 0
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """`train: 1004 score examples, 126 steps in 440 s after 63 PMOD pre-training steps; val ...`."""
+    t, val = metrics["train"], metrics["val"]
+    pre = metrics.get("pretrain")
+    return (
+        f"train: {_count(t['n_examples'])} examples, {t['optimizer_steps']} steps in {t['seconds']:.0f} s"
+        + (f" after {pre['optimizer_steps']} PMOD pre-training steps" if pre else "")
+        + "; val "
+        + ", ".join(
+            f"{mode} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f}"
+            + (f" ({m['parse_failures']} unparsed)" if m["parse_failures"] else "")
+            for mode, m in val.items()
+        )
+    )
 
 
 def _count(n: int | dict) -> str:
