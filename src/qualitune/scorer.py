@@ -13,7 +13,7 @@ A scorer directory (what the `train` stage writes to `models/scorer/`) holds:
   encoder-centred mode, the projector in warm-up, everything in full fine-tuning).
 
 Loading rebuilds the base, applies the adapter and copies the weights, all from safetensors and
-with `trust_remote_code` off, then casts to the requested dtype (README "The compact CPU backend"
+with `trust_remote_code` off, then casts to the requested dtype (docs/compact-backend.md
 has what bf16 does to the compact scorer's speed and scores). The base itself is referenced, not
 copied: a 7B checkpoint stays in the user's cache, and the tiny model is rebuilt bit for bit from
 its seed.

@@ -108,7 +108,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    # Throughput (README "Throughput"); none changes what is learned beyond float rounding, except
+    # Throughput (docs/benchmarks.md); none changes what is learned beyond float rounding, except
     # group_by_length, which changes which examples share a batch.
     group_by_length: bool = False  # batches of similar token counts (less padding)
     packing: str | bool = "auto"  # padding-free batches; auto: only with a varlen flash-attention kernel

@@ -17,7 +17,7 @@ def add_model_runtime_arguments(p: argparse.ArgumentParser) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="compute dtype (default: the scorer's own: float32 for the compact backend, the "
         "checkpoint's for a Qwen folder). bfloat16 halves memory, but on the compact backend it moves "
-        "scores by ~0.3 on the 10-50 scale (README)",
+        "scores by ~0.3 on the 10-50 scale (docs/compact-backend.md)",
     )
 
 

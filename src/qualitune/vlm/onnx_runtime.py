@@ -3,7 +3,7 @@
 Why: about half of scoring a photo with the compact backend on 2 CPU cores is its EfficientNet-Lite0
 pass at 384². ONNX Runtime's fused fp32 kernels run that depthwise-heavy network faster than
 PyTorch's (even TorchScript-frozen, conv+BN folded, channels-last) with the same numbers (relative
-difference ~3e-6): the whole scorer went from 8.5 to 13 photos/s (README). bf16 in PyTorch was
+difference ~3e-6): the whole scorer went from 8.5 to 13 photos/s (docs/compact-backend.md). bf16 in PyTorch was
 slower than this (11.4) and moves scores by tenths of a point on the 10-50 scale.
 
 The exported graph depends only on the encoder's weights and the input size, so it is written once
