@@ -103,6 +103,10 @@ class Progress:
         self.last = now
         return True
 
+    def report(self, done: int, total: int | None = None) -> None:
+        """`update` as an `on_progress(done, total)` callback (the total is this reporter's own)."""
+        self.update(done)
+
     def close(self) -> None:
         """End the bar (a no-op for plain lines); safe to call twice."""
         if self.bar is not None:

@@ -310,8 +310,7 @@ class Scorer:
         n_errors = 0
 
         if on_progress is None:
-            progress = Progress(len(paths), f"scoring ({mode})", "files")
-            on_progress = lambda done, _total: progress.update(done)  # noqa: E731
+            on_progress = Progress(len(paths), f"scoring ({mode})", "files").report
 
         def flush(items: list[tuple[int, Any, str]]) -> None:
             self.score_into(

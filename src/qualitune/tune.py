@@ -655,12 +655,15 @@ def run_search(params: dict[str, Any], settings: TuneSettings | None = None) -> 
         worker,
     )
     failures = 0
-    # the study's finished trials (every worker's), so a joining worker's bar starts where the study is
-    progress = Progress(settings.n_trials, f"tune {settings.study_name}", "trials", start=len(live))
+
+    def finished() -> int:  # every worker's, so a joining worker's bar starts where the study is
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    progress = Progress(settings.n_trials, f"tune {settings.study_name}", "trials", start=finished())
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal failures
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        done = finished()
         best = best_trial(study)
         progress.update(min(done, settings.n_trials), f"best {best.value:.4f}" if best is not None else "")
         if trial.state.name == "COMPLETE":

@@ -73,9 +73,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     splits = [s for s in cfg.get("splits", ["val", "test"]) if s in metrics]
     log.info("baselines: encoder features of %d items for the linear probe", len(df))
     progress = Progress(len(df), "linear probe: encoder features", "files")
-    base, probe_info = evaluate_baselines(
-        scorer, df, splits, batch_size=batch, on_progress=lambda done, _total: progress.update(done)
-    )
+    base, probe_info = evaluate_baselines(scorer, df, splits, batch_size=batch, on_progress=progress.report)
     for split in splits:
         metrics[split]["baselines"] = base.get(split, {})
     metrics["linear_probe"] = probe_info
