@@ -310,3 +310,47 @@ def test_logit_lens_and_attention_read_every_decoder_layer(tmp_path, photos):
     att = analysis.attention_shares(scorer, paths)
     assert att["layer"].nunique() == n_layers
     assert ((att.groupby("layer")["share"].sum() - 1).abs() < 1e-4).all()
+
+
+def test_feature_store_serves_a_new_process_and_follows_the_weights(compact, photos, tmp_path):
+    """Features stored on disk are read back exactly by a model that has never computed them, a
+    damaged entry is recomputed, and other encoder weights use another folder (no stale features)."""
+    from qualitune.vlm.feature_store import attach_feature_store
+
+    model, _ = compact
+    visual = model.model.visual
+    pixels = torch.from_numpy(make_processor(model, 0, 0)(photos[:2])["pixel_values"])
+    assert attach_feature_store(model, tmp_path / "feats")
+    try:
+        visual.invalidate()
+        with torch.no_grad():
+            g1, m1 = visual.features(pixels)
+        assert visual._store.writes == 2
+        files = sorted((tmp_path / "feats").rglob("*.pt"))
+        assert len(files) == 2
+        visual.invalidate()  # a fresh process: nothing in memory, the store on disk
+        visual._fast = None  # the encoder must not run again
+        with torch.no_grad():
+            g2, m2 = visual.features(pixels)
+        assert visual._store.hits == 2 and torch.equal(g1, g2) and torch.equal(m1, m2)
+        del visual._fast
+        files[0].write_bytes(b"truncated")
+        visual.invalidate()
+        with torch.no_grad():
+            g3, _ = visual.features(pixels)
+        assert visual._store.hits == 1 and visual._store.writes == 1
+        assert torch.allclose(g3, g1, atol=1e-5)
+        stem = visual.encoder._conv_stem.weight
+        saved = stem.detach().clone()
+        with torch.no_grad():
+            stem.mul_(1.5)  # other weights: another digest, another folder
+        try:
+            with torch.no_grad():
+                visual.features(pixels)
+            assert len({p.parent.parent for p in (tmp_path / "feats").rglob("*.pt")}) == 2
+        finally:
+            with torch.no_grad():
+                stem.copy_(saved)
+            visual.invalidate()
+    finally:
+        attach_feature_store(model, None)

@@ -196,6 +196,19 @@ def test_pretrain_settings_overlay_the_train_section():
         TrainSettings.pretrain_from_params({**train, "pretrain": {"enabled": True, "method": "iovqa"}})
     with pytest.raises(ValueError, match="unknown keys"):
         TrainSettings.pretrain_from_params({**train, "pretrain": {"enabled": True, "epoch": 1}})
+    # warmup (projector + LoRA) may precede lora (the same LoRA alone); no other change of mode
+    lora_after = {
+        **train,
+        "tuning": "lora",
+        "pretrain": {**train["pretrain"], "enabled": True, "tuning": "warmup"},
+    }
+    assert TrainSettings.pretrain_from_params(lora_after).tuning == "warmup"
+    with pytest.raises(ValueError, match="warmup before lora"):
+        TrainSettings.pretrain_from_params({**lora_after, "tuning": "full"})
+    with pytest.raises(ValueError, match="warmup before lora"):
+        TrainSettings.pretrain_from_params(
+            {**lora_after, "pretrain": {**lora_after["pretrain"], "tuning": "lora"}, "tuning": "warmup"}
+        )
 
 
 # -- baselines ---------------------------------------------------------------------------------------

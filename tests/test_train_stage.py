@@ -104,7 +104,14 @@ def trained(tmp_path_factory) -> Path:
     """A project whose train stage ran in-process (full fine-tuning, a few epochs)."""
     from qualitune.stages import train as train_stage
 
-    project = _project(tmp_path_factory.mktemp("proj"), tuning="full", lr=2e-3, epochs=2, checkpoint_every=0)
+    project = _project(
+        tmp_path_factory.mktemp("proj"),
+        tuning="full",
+        lr=2e-3,
+        epochs=2,
+        checkpoint_every=0,
+        val_modes=["expected", "greedy"],
+    )
     run_stages_in(project, train_stage)
     return project
 
@@ -274,3 +281,15 @@ def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continue
     assert (project / "reports/train_loss.png").stat().st_size > 5000
     assert not any((project / "models/checkpoints").glob("*/ckpt-*"))  # a finished run keeps no resume points
     assert run.data.params["pretrain.method"] == "vital"
+
+
+def test_val_modes_default_to_expected_and_refuse_unknown_modes():
+    """The stage validates in `expected` mode only unless told (evaluate scores both modes)."""
+    from qualitune.stages.train import _val_modes
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert _val_modes(params["train"]["val_modes"]) == ("expected",)
+    assert _val_modes("greedy") == ("greedy",)
+    for bad in ([], ["beam"], None):
+        with pytest.raises(ValueError, match="train.val_modes"):
+            _val_modes(bad)

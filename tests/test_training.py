@@ -150,6 +150,24 @@ def test_decoder_warmup_trains_projector_and_lora_only_on_n_samples(frame):
     assert result.n_examples["vital"] == 16  # 8 samples x (score + describe)
 
 
+def test_projector_lr_gives_the_projector_its_own_group():
+    from qualitune.training import parameter_groups
+    from qualitune.vlm.trainable import apply_tuning, part_of
+
+    model, _ = _tiny()
+    model = apply_tuning(model, "warmup", LoraSettings())
+    trainable = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    (one,) = parameter_groups(model, TrainSettings(tuning="warmup"))
+    assert {id(p) for p in one["params"]} == set(trainable) and "lr" not in one
+    rest, proj = parameter_groups(model, TrainSettings(tuning="warmup", lr=1e-4, projector_lr=1e-2))
+    assert proj["lr"] == 1e-2 and "lr" not in rest  # rest: the optimizer's default lr
+    assert {part_of(trainable[id(p)]) for p in proj["params"]} == {"projector"}
+    assert all("lora_" in trainable[id(p)] for p in rest["params"])
+    assert len(proj["params"]) + len(rest["params"]) == len(trainable)
+    with pytest.raises(ValueError, match="projector_lr must be a positive number"):
+        TrainSettings(projector_lr=0)
+
+
 def test_vital_level_rows_carry_the_kl_to_the_pmod(frame):
     model, tok = _tiny()
     s = TrainSettings(method="vital", vital=VitalSettings(compare_weight=0, describe_weight=0))

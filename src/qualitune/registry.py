@@ -96,6 +96,7 @@ class RegisterSettings:
     mode: str = "expected"
     batch_size: int = 8
     report: str = "reports/register.json"
+    feature_store: str | None = None  # `model.feature_cache`: the compact encoder's features on disk
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_name, str) or not self.model_name.strip():
@@ -130,7 +131,9 @@ class RegisterSettings:
         for key in ("min_final", "margin"):
             if isinstance(kwargs.get(key), int) and not isinstance(kwargs[key], bool):
                 kwargs[key] = float(kwargs[key])
-        return cls(model_name=name, **kwargs)
+        model = params.get("model") or {}
+        store = model.get("feature_cache") if isinstance(model, Mapping) else None
+        return cls(model_name=name, feature_store=str(store) if store else None, **kwargs)
 
 
 def registry_tracking_settings(params: Mapping[str, Any]) -> TrackingSettings:
@@ -349,7 +352,7 @@ def _evaluate_dir(directory: str | Path, val_df: pd.DataFrame, settings: Registe
 
     from qualitune.scorer import Scorer
 
-    scorer = Scorer.load(directory, device=_device())
+    scorer = Scorer.load(directory, device=_device(), feature_store=settings.feature_store)
     try:
         return _evaluate(scorer, val_df, settings)
     finally:

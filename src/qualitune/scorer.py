@@ -215,15 +215,28 @@ class Scorer:
         self.image_processor = make_processor(model, spec.min_pixels, spec.max_pixels)
 
     @classmethod
-    def load(cls, ref: str | Path, *, device: str | None = None, dtype: str | None = None) -> Scorer:
+    def load(
+        cls,
+        ref: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        feature_store: str | Path | None = None,
+    ) -> Scorer:
         """Load for inference: LoRA merged into the weights, cast to `dtype` when given
-        (`float32`, `bfloat16`, ...; default: the scorer's own, `auto`)."""
+        (`float32`, `bfloat16`, ...; default: the scorer's own, `auto`). `feature_store`: a folder
+        of the compact encoder's features on disk (`qualitune.vlm.feature_store`), for the
+        pipeline's stages, which score the same photos again and again; off by default (a server
+        sees new photos)."""
+        from qualitune.vlm.feature_store import attach_feature_store
+
         model, tok, spec = load_scored_model(
             resolve_model_ref(ref), device=device, dtype=dtype, merge_adapters=True
         )
         visual = getattr(getattr(_unwrap(model), "model", None), "visual", None)
         if hasattr(visual, "limit_cache"):  # the compact backend's feature cache: bounded for serving
             visual.limit_cache(int(os.environ.get("QUALITUNE_SCORER_FEATURE_CACHE", "1024")))
+        attach_feature_store(model, feature_store)
         return cls(model, tok, spec)
 
     def _encode(self, items: Sequence[Any], prompts: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:

@@ -55,7 +55,7 @@ from qualitune.vlm.tasks import (
     score_examples,
     score_text_examples,
 )
-from qualitune.vlm.trainable import LoraSettings, apply_tuning, count_parameters, named_trainable
+from qualitune.vlm.trainable import LoraSettings, apply_tuning, count_parameters, named_trainable, part_of
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class TrainSettings:
     batch_size: int = 4
     grad_accum: int = 1
     lr: float = 2e-4
+    projector_lr: float | None = None  # the projector's own learning rate (LLaVA's mm_projector_lr); None: lr
     weight_decay: float = 0.0
     lr_scheduler: str = "linear"
     warmup_ratio: float = 0.03
@@ -125,6 +126,14 @@ class TrainSettings:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
         if self.epochs < 0 or self.stage1_epochs < 0:
             raise ValueError("train.epochs must be >= 0")
+        if self.projector_lr is not None and not (
+            isinstance(self.projector_lr, (int, float))
+            and not isinstance(self.projector_lr, bool)
+            and self.projector_lr > 0
+        ):
+            raise ValueError(
+                f"train.projector_lr must be a positive number or null, got {self.projector_lr!r}"
+            )
         for name in ("packing", "fused_optimizer", "prefetch"):
             if getattr(self, name) not in ("auto", True, False):
                 raise ValueError(f"train.{name} must be auto, true or false, got {getattr(self, name)!r}")
@@ -137,6 +146,7 @@ class TrainSettings:
             "checkpoint_dir",
             "resume",
             "val_batch_size",
+            "val_modes",
             "metrics",
             "loss_table",
             "loss_plot",
@@ -182,10 +192,13 @@ class TrainSettings:
                 "train.pretrain is VITAL's PMOD pre-training: it needs method: vital with "
                 f"vital.target: pmod, got method {settings.method!r}, target {settings.vital.target!r}"
             )
-        if settings.tuning != cls.from_params(base).tuning:
+        main = cls.from_params(base).tuning
+        # the second phase continues the first one's weights: the same mode, or the projector +
+        # LoRA of `warmup` followed by the same LoRA alone (LLaVA's order: align, then fine-tune)
+        if settings.tuning != main and (settings.tuning, main) != ("warmup", "lora"):
             raise ValueError(
-                "train.pretrain.tuning must equal train.tuning: the second phase continues the "
-                f"same trainable weights (got {settings.tuning!r} vs {base.get('tuning')!r})"
+                "train.pretrain.tuning must equal train.tuning, or be warmup before lora: the second "
+                f"phase continues the same trainable weights (got {settings.tuning!r} vs {main!r})"
             )
         return settings
 
@@ -196,6 +209,21 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def parameter_groups(model: torch.nn.Module, settings: TrainSettings) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: one at `lr`, plus the projector's at `projector_lr` when
+    that is set and the projector trains. A projector trained from scratch sits in front of a
+    pretrained decoder whose LoRA needs small steps; LLaVA gives it its own rate for that reason."""
+    trainable = list(named_trainable(model))
+    if settings.projector_lr is None:
+        return [{"params": [p for _, p in trainable]}]
+    proj = [p for n, p in trainable if part_of(n) == "projector"]
+    rest = [p for n, p in trainable if part_of(n) != "projector"]
+    groups = [{"params": rest}] if rest else []
+    if proj:
+        groups.append({"params": proj, "lr": float(settings.projector_lr)})
+    return groups
 
 
 @dataclass(frozen=True)
@@ -665,10 +693,12 @@ def train(
             )
         cache = VisionCache(pin=use_cuda)
     objective = Objective(model, loss_cfg, level_ids, pack=pack, vision_cache=cache)
-    params = [p for _, p in named_trainable(model)]
     fused = use_cuda if settings.fused_optimizer == "auto" else bool(settings.fused_optimizer)
     optimizer = torch.optim.AdamW(
-        params, lr=settings.lr, weight_decay=settings.weight_decay, fused=True if fused else None
+        parameter_groups(model, settings),
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        fused=True if fused else None,
     )
     prefetch = use_cuda if settings.prefetch == "auto" else bool(settings.prefetch)
     log.debug(
@@ -689,6 +719,7 @@ def train(
         num_training_steps=max(1, n_opt_steps),
     )
     objective, optimizer = acc.prepare(objective, optimizer)
+    clip_params = [p for group in optimizer.param_groups for p in group["params"]]
     objective.train()
 
     start = 0
@@ -759,7 +790,7 @@ def train(
         if not last_micro:
             continue
         if settings.max_grad_norm and settings.max_grad_norm > 0:
-            acc.clip_grad_norm_(params, settings.max_grad_norm)
+            acc.clip_grad_norm_(clip_params, settings.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

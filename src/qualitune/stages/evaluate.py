@@ -46,7 +46,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     ref = scorer_ref or section(params, "train")["out"]
     data = cfg.get("data") or section(params, "pmod")["out"]
     df = read_manifest(data)
-    scorer = Scorer.load(ref)
+    scorer = Scorer.load(ref, feature_store=section(params, "model").get("feature_cache"))
     modes = list(cfg.get("modes", ["expected", "greedy"]))
     batch = int(cfg.get("batch_size", 8))
     seed = int(cfg.get("seed", 0))

@@ -37,6 +37,7 @@ def model_settings(params: dict[str, Any]) -> dict[str, Any]:
     cfg.setdefault("n_frames", 2)
     cfg.setdefault("init_vision_from", None)
     cfg.setdefault("transfer_projector", False)
+    cfg.setdefault("feature_cache", None)
     return cfg
 
 
@@ -75,6 +76,7 @@ def train_scorer(
     from qualitune.scorer import Scorer, ScorerSpec, load_scored_model, save_scorer
     from qualitune.tracking import MetricBuffer, log_artifacts, log_metrics, start_run, tracking_settings
     from qualitune.training import TrainSettings, train
+    from qualitune.vlm.feature_store import attach_feature_store
     from qualitune.vlm.model import load_model, make_processor
     from qualitune.vlm.trainable import transfer_vision, vision_weights
 
@@ -91,6 +93,7 @@ def train_scorer(
         raise ValueError(f"{data} has no val split to validate on; set ingest.split_ratios or val_from_train")
 
     model, tokenizer = load_model(mcfg["name_or_path"], dtype=mcfg["dtype"], seed=int(mcfg["seed"]))
+    attach_feature_store(model, mcfg["feature_cache"])
     if torch.cuda.is_available():
         model = model.to("cuda")
     if mcfg["init_vision_from"]:
@@ -137,6 +140,7 @@ def train_scorer(
         },
     )
     val_batch = int(tcfg.get("val_batch_size", 8))
+    val_modes = _val_modes(tcfg.get("val_modes", ["expected"]))
     epoch_hook = None
     if on_epoch_end is not None:
 
@@ -158,7 +162,11 @@ def train_scorer(
     ):
         t0 = time.perf_counter()
         step_log = MetricBuffer(every=50)
-        fingerprint_extra = {"model": mcfg, "data": str(data)}
+        # where features are stored changes no result: it stays out of the resume fingerprint
+        fingerprint_extra = {
+            "model": {k: v for k, v in mcfg.items() if k != "feature_cache"},
+            "data": str(data),
+        }
 
         def run_phase(start_model, phase_settings: TrainSettings, on_log, extra: dict, on_epoch=None):
             return train(
@@ -200,7 +208,7 @@ def train_scorer(
             return {}
         scorer = Scorer(result.model, tokenizer, spec)
         t1 = time.perf_counter()
-        val_metrics, _ = evaluate_split(scorer, val_df, batch_size=val_batch)
+        val_metrics, _ = evaluate_split(scorer, val_df, modes=val_modes, batch_size=val_batch)
         val_seconds = time.perf_counter() - t1
         losses = [h["loss"] for h in result.history]
         metrics = {
@@ -246,6 +254,18 @@ def train_scorer(
         for path in _write_loss_plots(history, tcfg.get("loss_table"), tcfg.get("loss_plot")):
             log_artifacts(path, "plots")
     return metrics
+
+
+def _val_modes(value: Any) -> tuple[str, ...]:
+    """`train.val_modes`: the scoring modes of the stage's own validation (the evaluate stage scores
+    every mode on val and test; greedy decoding here would double the stage's validation time)."""
+    from qualitune.scorer import SCORING_MODES
+
+    modes = [value] if isinstance(value, str) else list(value or [])
+    bad = [m for m in modes if m not in SCORING_MODES]
+    if not modes or bad:
+        raise ValueError(f"train.val_modes must be a non-empty list of {list(SCORING_MODES)}, got {value!r}")
+    return tuple(modes)
 
 
 def _numeric(d: dict) -> dict:

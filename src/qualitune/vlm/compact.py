@@ -63,6 +63,7 @@ from qualitune.vlm.efficientnet import (
     EfficientNetLite0,
     load_efficientnet_lite0,
 )
+from qualitune.vlm.feature_store import FeatureStore, weights_digest
 from qualitune.vlm.model import COMPACT_NAME  # noqa: F401  (re-exported: the name that selects it)
 from qualitune.vlm.onnx_runtime import RUNTIME_ENV, OrtEncoder, onnxruntime_available, requested_runtime
 
@@ -262,6 +263,9 @@ class CompactVisual(nn.Module):
         self.max_cached = int(os.environ.get("QUALITUNE_FEATURE_CACHE", "50000"))
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._version_seen = -1
+        # the on-disk store behind the in-memory cache (`qualitune.vlm.feature_store`); None: off
+        self.store_root: Path | None = None
+        self._store: FeatureStore | None = None
 
     def train(self, mode: bool = True):
         """BatchNorm statistics stay frozen (eval) even when the encoder trains: batches of a few
@@ -320,6 +324,18 @@ class CompactVisual(nn.Module):
         """Forget traced encoders and cached features (after the encoder's weights change)."""
         self._traced.clear()
         self._cache.clear()
+        self._store = None
+
+    def _disk(self) -> FeatureStore | None:
+        """The on-disk store for the encoder's current weights (their digest names its folder)."""
+        if self.store_root is None:
+            return None
+        if self._store is None or self._store.root != self.store_root:
+            digest = weights_digest(
+                self.encoder, "efficientnet-lite0", self.config.image_size, self.config.grid
+            )
+            self._store = FeatureStore(self.store_root, digest)
+        return self._store
 
     def limit_cache(self, n: int) -> None:
         """Keep at most `n` photos' features (the least recently stored go first)."""
@@ -374,11 +390,20 @@ class CompactVisual(nn.Module):
         # this batch's features, gathered before any eviction (a batch may exceed the cache's size)
         rows = {i: self._cache[k] for i, k in enumerate(keys) if k in self._cache}
         missing = [i for i in range(len(keys)) if i not in rows]
+        store = self._disk() if missing else None
+        if store is not None:
+            for i in missing:
+                if (entry := store.get(keys[i])) is not None:
+                    rows[i] = entry
+                    self._cache[keys[i]] = entry
+            missing = [i for i in missing if i not in rows]
         if missing:
             g, m = self._fast(pixel_values[missing])
             for j, i in enumerate(missing):
                 rows[i] = (g[j].cpu(), m[j].cpu())
                 self._cache[keys[i]] = rows[i]
+                if store is not None:
+                    store.put(keys[i], rows[i])
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
         dev = pixel_values.device
