@@ -153,7 +153,7 @@ def test_cli_writes_csv_and_summary(bad_inputs: dict[str, Path], tmp_path: Path,
     out = tmp_path / "out" / "scores.csv"
     folder = bad_inputs["good"].parent
     rc = main(["annotate", str(folder), "--annotators", "piqe,contrast", "--out", str(out), "--workers", "1"])
-    assert rc == 0
+    assert rc == 1  # two files failed: every row is written, the status says so
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns) == ["path", "piqe", "contrast", "error"]
     assert df["path"].tolist() == sorted(str(p) for p in bad_inputs.values())
@@ -165,3 +165,14 @@ def test_cli_unknown_annotator_is_usage_error(tmp_path: Path, capsys) -> None:
     rc = main(["annotate", str(tmp_path), "--annotators", "nope", "--out", str(tmp_path / "o.csv")])
     assert rc != 0
     assert "known:" in capsys.readouterr().err
+
+
+def test_cli_missing_path_is_an_error_not_a_row(tmp_path: Path, capsys) -> None:
+    """Regression: `qualitune annotate /no/such/dir` said "unsupported extension ''" and exited 0."""
+    out = tmp_path / "o.csv"
+    rc = main(
+        ["annotate", str(tmp_path / "no" / "such" / "dir"), "--annotators", "contrast", "--out", str(out)]
+    )
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "1 path(s) not found" in err and "no/such/dir" in err

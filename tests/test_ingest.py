@@ -197,6 +197,7 @@ def test_livec_drops_t1_to_t7_and_records_it(tmp_path):
     assert all(Path(p).is_file() for p in d["path"])  # "10.bmp" found as "10.BMP"
     dropped = df.attrs["qualitune"]["dropped_rows"]
     assert dropped[0]["count"] == 7 and "t1-t7" in dropped[0]["reason"]
+    assert "(3 of 10 remain" in dropped[0]["reason"]  # the real count, not the release's 1,162
 
     kept = ingest("livec", tmp_path, keep_training_images=True)
     assert len(kept) == 10 and kept["path"].map(lambda p: Path(p).is_file()).all()

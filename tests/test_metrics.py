@@ -55,3 +55,17 @@ def test_too_few_items_for_the_logistic_fit_keep_the_rank_metrics(n):
     assert math.isnan(m["plcc_logistic"]) and math.isnan(m["rmse_logistic"])
     with pytest.raises(ValueError, match="at least 5 items"):
         logistic_fit(PRED[:n], MOS[:n])
+
+
+def test_logistic_fit_is_increasing_and_never_flips_the_sign_of_plcc():
+    """Regression: plcc_logistic was +0.241 where PLCC was -0.077 (the fit had turned decreasing)."""
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(1, 5, 200)
+    for noise in (0.3, 3.0):  # clearly and weakly anti-correlated predictions
+        pred = -mos + rng.normal(0, noise, mos.shape)
+        m = correlations(pred, mos)
+        assert m["plcc"] < 0
+        assert math.isnan(m["plcc_logistic"]) or m["plcc_logistic"] <= 0
+        fitted = logistic_fit(pred, mos)
+        order = np.argsort(pred)
+        assert (np.diff(fitted[order]) >= -1e-9).all()  # monotone non-decreasing in the prediction

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -409,3 +410,27 @@ def test_schedule_registers_a_cron_deployment_in_a_process_pool(prefect_harness,
     }
     (step,) = dep.pull_steps  # the worker runs the flow from the project folder itself
     assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(project.resolve())
+
+
+def test_schedule_with_an_unreachable_api_names_the_url_and_the_fix(tmp_path):
+    """Regression: an unreachable Prefect API printed a 74-line httpx.ConnectError traceback."""
+    import socket
+
+    project = make_project(tmp_path / "project", n_items=3)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    res = subprocess.run(
+        [sys.executable, "-m", "qualitune.cli", "schedule", "--cron", "0 3 * * 1", "--project", str(project)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2, res.stderr
+    assert (
+        f"the Prefect API at {url} cannot be reached" in res.stderr and "prefect server start" in res.stderr
+    )
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 3

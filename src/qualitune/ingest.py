@@ -450,7 +450,10 @@ def read_livec(root: Path, *, keep_training_images: bool = False) -> Adapted:
     if training.any() and not _as_bool(keep_training_images, "keep_training_images"):
         keep = ~training
         count = int(training.sum())
-        reason = "LIVE Challenge training images t1-t7 are conventionally excluded (1,162 remain)"
+        reason = (
+            "LIVE Challenge training images t1-t7 are conventionally excluded "
+            f"({int(keep.sum())} of {len(names)} remain; the official release keeps 1,162)"
+        )
         logger.warning("livec: dropped %d row(s): %s", count, reason)
         dropped.append(
             {

@@ -10,11 +10,14 @@ prediction (an answer that did not parse) are excluded from the correlations and
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+
+log = logging.getLogger(__name__)
 
 
 def logistic4(x, b1: float, b2: float, b3: float, b4: float):
@@ -23,16 +26,25 @@ def logistic4(x, b1: float, b2: float, b3: float, b4: float):
     return (b1 - b2) / (1.0 + np.exp(z)) + b2
 
 
+def _increasing_logistic(x, d: float, b2: float, b3: float, b4: float):
+    """`logistic4` with b1 = b2 + d, d >= 0: monotone non-decreasing in x, as VQEG prescribes."""
+    return logistic4(x, b2 + d, b2, b3, b4)
+
+
 def logistic_fit(pred, mos) -> np.ndarray:
-    """Fit `logistic4` from predictions to MOS (least squares, VQEG's initial guess) and return the
-    mapped predictions. A fit that fails to converge raises ValueError instead of returning junk."""
+    """Fit VQEG's monotone increasing `logistic4` from predictions to MOS (least squares, VQEG's
+    initial guess) and return the mapped predictions. Unconstrained, the fit may turn decreasing
+    and flip the sign of an anti-correlated prediction's PLCC (a demo run reported +0.241 where PLCC
+    was -0.077); the step b1 - b2 is therefore bounded at >= 0. A fit that fails to converge raises
+    ValueError instead of returning junk."""
     from scipy.optimize import curve_fit
 
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(mos, dtype=np.float64)
     if len(x) <= 4:  # four parameters: fewer points than that make the fit meaningless (scipy refuses)
         raise ValueError(f"logistic fit needs at least 5 items, got {len(x)}")
-    p0 = [float(y.max()), float(y.min()), float(np.mean(x)), float(np.std(x)) or 1.0]
+    p0 = [float(np.ptp(y)) or 1.0, float(y.min()), float(np.mean(x)), float(np.std(x)) or 1.0]
+    bounds = ([0.0, -np.inf, -np.inf, -np.inf], [np.inf, np.inf, np.inf, np.inf])
     import warnings
 
     from scipy.optimize import OptimizeWarning
@@ -40,10 +52,10 @@ def logistic_fit(pred, mos) -> np.ndarray:
     try:
         with warnings.catch_warnings():  # "covariance could not be estimated": we only use the fit
             warnings.simplefilter("ignore", OptimizeWarning)
-            params, _ = curve_fit(logistic4, x, y, p0=p0, maxfev=20000)
+            params, _ = curve_fit(_increasing_logistic, x, y, p0=p0, bounds=bounds, max_nfev=20000)
     except RuntimeError as exc:
         raise ValueError(f"logistic fit did not converge: {exc}") from exc
-    return logistic4(x, *params)
+    return _increasing_logistic(x, *params)
 
 
 def correlations(pred: Sequence[float | None], mos: Sequence[float]) -> dict[str, float]:
@@ -74,8 +86,15 @@ def correlations(pred: Sequence[float | None], mos: Sequence[float]) -> dict[str
     krcc = float(stats.kendalltau(p[ok], m[ok]).statistic)
     try:
         fitted = logistic_fit(p[ok], m[ok])
-        plcc_log = float(stats.pearsonr(fitted, m[ok]).statistic) if np.ptp(fitted) > 0 else math.nan
+        plcc_log = float(stats.pearsonr(fitted, m[ok]).statistic) if np.ptp(fitted) > 1e-9 else math.nan
         rmse_log = float(np.sqrt(np.mean((fitted - m[ok]) ** 2)))
+        if np.isfinite(plcc_log) and plcc_log * plcc < 0:  # a monotone map should not flip it; if it does,
+            log.warning(  # the fitted correlation says nothing the raw one does not: no number
+                "plcc_logistic %.3f has the opposite sign of PLCC %.3f (a near-flat fit); reported as NaN",
+                plcc_log,
+                plcc,
+            )
+            plcc_log = math.nan
     except ValueError:
         plcc_log = rmse_log = math.nan
     out.update(

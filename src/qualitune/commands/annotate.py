@@ -29,6 +29,13 @@ def run(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.annotators.split(",") if n.strip()]
     resolve_annotators(names)  # unknown names fail here, listing the known ones
+    missing = [item for item in args.paths if not Path(item).exists()]
+    if missing:  # a typo in a path is not a file that failed to decode
+        raise ValueError(
+            f"{len(missing)} path(s) not found: {', '.join(missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
+            + "; give existing media files or folders"
+        )
     paths = expand_paths(args.paths)
     if not paths:
         raise ValueError(
@@ -43,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         f"annotated {len(df)} items with {', '.join(names)}: {n_err} with errors, "
         f"{df.attrs['n_cached']} cached cells -> {out}"
     )
-    return 0
+    return 1 if n_err else 0  # as `qualitune score`: the CSV has every row, the status says some failed
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

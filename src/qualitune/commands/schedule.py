@@ -96,8 +96,7 @@ def ensure_process_pool(name: str, create: bool) -> str:
 
 
 def deploy(args: argparse.Namespace) -> Any:
-    from prefect import flow
-    from prefect.schedules import Cron
+    import httpx
 
     project = Path(args.project).resolve()
     if not (project / ENTRYPOINT.split(":")[0]).is_file() or not (project / "dvc.yaml").is_file():
@@ -108,6 +107,20 @@ def deploy(args: argparse.Namespace) -> Any:
         raise ValueError("--retries and --retry-delay must be >= 0")
     _check_cron(args.cron, args.timezone)
     url = _api_url()
+    try:
+        return _deploy(args, project, url)
+    except httpx.TransportError as exc:  # not a 74-line traceback: which URL, and what to do
+        raise ValueError(
+            f"the Prefect API at {url} cannot be reached ({type(exc).__name__}: {exc}). Start a "
+            "server with `prefect server start`, or point PREFECT_API_URL at a running one "
+            "(`prefect config set PREFECT_API_URL=http://HOST:4200/api`)"
+        ) from None
+
+
+def _deploy(args: argparse.Namespace, project: Path, url: str) -> Any:
+    from prefect import flow
+    from prefect.schedules import Cron
+
     ensure_process_pool(args.pool, args.create_pool)
     remote = flow.from_source(source=str(project), entrypoint=ENTRYPOINT)
     parameters: dict[str, Any] = {
