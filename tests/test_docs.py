@@ -145,7 +145,7 @@ def test_training_seconds_and_pretrain_phase_are_read(copy_root: Path):
     assert "600 s (10.0 min)" in build.block("pretrain-on-off", copy_root)
     t["pretrain"] = {"seconds": 60.0}
     train.write_text(json.dumps(t))
-    assert "60 s PMOD + 600 s MOS = 11.0 min" in build.block("pretrain-on-off", copy_root)
+    assert "60 s PMOD + 540 s MOS = 10.0 min" in build.block("pretrain-on-off", copy_root)
 
 
 def test_ablation_table_from_summary_and_note_without_it(copy_root: Path):

@@ -258,7 +258,9 @@ def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continue
     run_stages_in(project, train_stage)
     (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("train:")]
     assert (
-        "16 score examples, 8 steps" in line and "after 8 PMOD pre-training steps; val expected SRCC" in line
+        "16 score examples, 8 steps" in line
+        and "after 8 PMOD pre-training steps, " in line
+        and " s pre-training); val expected SRCC" in line
     )
     m = json.loads((project / "reports/train_metrics.json").read_text())
     assert (

@@ -294,8 +294,13 @@ def summary_line(metrics: dict[str, Any]) -> str:
     t, val = metrics["train"], metrics["val"]
     pre = metrics.get("pretrain")
     return (
-        f"train: {_count(t['n_examples'])} examples, {t['optimizer_steps']} steps in {t['seconds']:.0f} s"
-        + (f" after {pre['optimizer_steps']} PMOD pre-training steps" if pre else "")
+        f"train: {_count(t['n_examples'])} examples, {t['optimizer_steps']} steps"
+        + (
+            f" after {pre['optimizer_steps']} PMOD pre-training steps, {t['seconds']:.0f} s in all"
+            f" ({pre['seconds']:.0f} s pre-training)"
+            if pre
+            else f" in {t['seconds']:.0f} s"
+        )
         + "; val "
         + ", ".join(
             f"{mode} SRCC {m['srcc']:.3f} PLCC {m['plcc']:.3f}"
