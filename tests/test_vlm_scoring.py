@@ -193,3 +193,20 @@ def test_shared_prefix_forward_matches_plain_forward(tiny, proc):
             50,
         )[0]
         assert alone.score == pytest.approx(scores[i].score, abs=1e-4)
+
+
+def test_expected_mode_counts_every_item_and_an_underflow_as_a_failure(monkeypatch):
+    """`parse_failures` covers `expected` mode too: an item whose valid answers all underflowed is
+    a failure in the report (it was only a None score before), the others are counted answers."""
+    from qualitune.vlm import scoring
+    from qualitune.vlm.tasks import AnswerFormat
+
+    fmt = AnswerFormat("integer", 10, 50)
+    n = len(fmt.candidates())
+    probs = torch.zeros((2, n), dtype=torch.float64)
+    probs[0, 5] = 0.9  # row 0: a valid answer; row 1: nothing valid
+    monkeypatch.setattr(scoring, "candidate_distribution", lambda *a, **k: (probs, torch.tensor([0.1, 1.0])))
+    report = ParseReport()
+    out = scoring.format_scores(None, None, {}, fmt, "expected", report=report, index_offset=10)
+    assert out[0].score == pytest.approx(fmt.candidates()[5][1]) and out[1].score is None
+    assert report.total == 2 and report.failures == [(11, "no probability on any valid answer")]

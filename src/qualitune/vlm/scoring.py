@@ -373,7 +373,8 @@ def format_scores(
 
     `expected`: probability of every valid answer text (`candidate_distribution`), score = the
     renormalised mean of their values, `invalid_mass` reported. `greedy`: generate, then parse
-    strictly with `fmt.parse`; failures stay None and go to `report` (item index + `index_offset`).
+    strictly with `fmt.parse`; failures stay None. In both modes every item goes to `report` (item
+    index + `index_offset`); an `expected` failure is an item whose valid answers all underflowed.
     Generation stops at the end of turn or after as many tokens as the longest valid answer (plus
     the format's suffix): an integer-only-mask model was never trained to emit the end token, and
     what it would say after a complete answer is not part of the answer.
@@ -390,12 +391,15 @@ def format_scores(
         bins = torch.as_tensor(level_of(fmt.to_norm(values.numpy())))
         levels = torch.zeros((probs.shape[0], 5), dtype=torch.float64).index_add_(1, bins, probs)
         total = probs.sum(dim=1)
+        report = report if report is not None else ParseReport()
         results = []
         for i in range(probs.shape[0]):
             if float(total[i]) <= 0.0:  # all mass underflowed: nothing valid to average
+                report.add(index_offset + i, "no probability on any valid answer", None)
                 results.append(ItemScore(None, None, parse_ok=False, invalid_mass=1.0))
                 continue
             score = float((probs[i] * values).sum() / total[i])
+            report.add(index_offset + i, "", score)  # counted, so parse_failures covers both modes
             results.append(
                 ItemScore(
                     score, (levels[i] / total[i]).tolist(), parse_ok=True, invalid_mass=float(invalid[i])
