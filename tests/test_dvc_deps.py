@@ -65,6 +65,7 @@ def _stages() -> dict[str, dict]:
 
 
 def _covered(path: str, deps: list[str]) -> bool:
+    """Whether `path` is one of `deps` or inside a listed folder."""
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
@@ -78,7 +79,7 @@ def test_stage_deps_equal_its_import_closure(stage: str) -> None:
     missing = sorted(p for p in closure if not _covered(p, deps))
     assert not missing, f"dvc.yaml stage {stage!r} imports but does not list: {missing}"
     code = [d for d in deps if (d.endswith(".py") or (ROOT / d).is_dir()) and d not in BY_PATH.get(stage, ())]
-    extra = [d for d in code if not any(p == d or p.startswith(d.rstrip("/") + "/") for p in closure)]
+    extra = [d for d in code if not any(_covered(p, [d]) for p in closure)]
     assert not extra, f"dvc.yaml stage {stage!r} lists code it never imports: {extra}"
 
 
