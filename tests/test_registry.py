@@ -257,7 +257,9 @@ def _good_scorer(train_rows: list[dict], out: Path) -> Path:
     settings = TrainSettings(tuning="full", epochs=15, batch_size=4, lr=3e-3, warmup_ratio=0.0)
     df = pd.DataFrame(train_rows).drop(columns="split")
     result = train(model, tok, make_image_processor(56 * 56, 84 * 84), df, settings, n_frames=1)
-    spec = ScorerSpec(base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84)
+    spec = ScorerSpec(
+        base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84, max_invalid_mass=1.0
+    )
     return save_scorer(result.model, spec, out)
 
 

@@ -556,7 +556,9 @@ def _train_flat_vs_noisy(root: Path) -> tuple[Path, list[dict], list[dict]]:
     settings = TrainSettings(tuning="full", epochs=15, batch_size=4, lr=3e-3, warmup_ratio=0.0)
     df = pd.DataFrame(train_rows).drop(columns="split")
     result = train(model, tok, make_image_processor(56 * 56, 84 * 84), df, settings, n_frames=1)
-    spec = ScorerSpec(base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84)
+    spec = ScorerSpec(
+        base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84, max_invalid_mass=1.0
+    )
     return save_scorer(result.model, spec, root / "scorer"), train_rows, val_rows
 
 

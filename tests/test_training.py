@@ -245,7 +245,9 @@ def test_the_pixels_reach_the_answer(tmp_path):
     model, tok = _tiny()
     settings = TrainSettings(tuning="full", epochs=15, batch_size=4, lr=3e-3, warmup_ratio=0.0)
     result = train(model, tok, PROC, pd.DataFrame(rows), settings, n_frames=1)
-    spec = ScorerSpec(base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84)
+    spec = ScorerSpec(
+        base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84, max_invalid_mass=1.0
+    )
     scorer = Scorer(result.model, tok, spec)
     flat = scorer.score_paths([write("flat", 100 + i) for i in range(4)]).results
     noisy = scorer.score_paths([write("noisy", 100 + i) for i in range(4)]).results
@@ -264,6 +266,7 @@ def test_two_stage_inference_describes_then_scores_from_the_text(frame):
         max_pixels=84 * 84,
         two_stage=True,
         describe_max_new_tokens=12,
+        max_invalid_mass=1.0,  # seconds of training on random weights: score every item
     )
     run = Scorer(result.model, tok, spec).score_paths(frame["path"].tolist()[:4], mode="expected")
     for r in run.results:

@@ -88,6 +88,16 @@ def test_identical_content_across_splits_is_quarantined(tmp_path):
     assert all("more than one split" in r for r in outcome.quarantine["reason"])
 
 
+def test_html_report_is_the_same_on_every_run(tmp_path, good_rows):
+    """The GX page is a DVC output: two runs on one manifest must write the same bytes (#20)."""
+    rows = good_rows + [("missing.jpg", str(tmp_path / "missing.jpg"), 0.5, "train")]
+    df = _manifest(tmp_path, rows)
+    first = validate_manifest(df, workers=1).html
+    second = validate_manifest(df, workers=1).html
+    assert "missing.jpg" in first and "collapse" in first  # a real page, with its collapsible blocks
+    assert first == second
+
+
 def test_gate_fails_and_still_writes_everything(tmp_path, good_rows):
     rows = good_rows + [("missing.jpg", str(tmp_path / "missing.jpg"), 0.5, "train")]
     manifest = write_manifest(_manifest(tmp_path, rows), tmp_path / "m.parquet")
@@ -116,6 +126,69 @@ def test_gate_fails_and_still_writes_everything(tmp_path, good_rows):
         workers=1,
     )
     assert outcome.report["gate_passed"] is True
+
+
+def test_no_media_check_still_rejects_missing_and_non_media_files(tmp_path, good_rows, capsys):
+    """`--no-media-check` skips the decode, not the existence and header checks (#20)."""
+    (tmp_path / "bad").mkdir()
+    text_jpg = tmp_path / "bad" / "notes.jpg"
+    text_jpg.write_text("this is a text file, not a JPEG\n")
+    text_mp4 = tmp_path / "bad" / "notes.mp4"
+    text_mp4.write_text("not a video either\n")
+    empty = tmp_path / "bad" / "empty.png"
+    empty.write_bytes(b"")
+    folder = tmp_path / "bad" / "folder.jpg"
+    folder.mkdir()
+    bad = [
+        ("missing.jpg", str(tmp_path / "nope" / "missing.jpg"), 0.5, "train"),
+        ("notes.jpg", str(text_jpg), 0.5, "train"),
+        ("notes.mp4", str(text_mp4), 0.5, "val"),
+        ("empty.png", str(empty), 0.5, "test"),
+        ("folder.jpg", str(folder), 0.5, "train"),
+    ]
+    df = _manifest(tmp_path, good_rows + bad)
+    outcome = validate_manifest(df, check_media=False, workers=1, render_html=False)
+    q = outcome.quarantine.set_index("item_id")["reason"].to_dict()
+    assert sorted(q) == sorted(f"t/{name}" for name, *_ in bad)
+    assert "file not found" in q["t/missing.jpg"]
+    assert "not a readable image" in q["t/notes.jpg"]
+    assert "cannot open video" in q["t/notes.mp4"]
+    assert "empty file" in q["t/empty.png"]
+    assert "not a regular file" in q["t/folder.jpg"]
+    assert len(outcome.valid) == len(good_rows)
+    assert outcome.report["media_checked"] is False
+    # the CLI flag takes the same path
+    path = write_manifest(df, tmp_path / "m.parquet")
+    args = [
+        "validate",
+        str(path),
+        "--no-media-check",
+        "--quarantine",
+        str(tmp_path / "q.csv"),
+        "--workers",
+        "1",
+    ]
+    assert cli_main(args) == 1
+    quarantined = pd.read_csv(tmp_path / "q.csv")
+    assert sorted(quarantined["item_id"]) == sorted(q)
+
+
+def test_unparseable_mos_keeps_the_label_files_text(tmp_path, good_rows):
+    """A MOS like "abc" is quarantined with its own text, not as "missing" (#20)."""
+    img = write_image(tmp_path / "bad" / "abc.jpg", seed=20)
+    blank = write_image(tmp_path / "bad" / "blank.jpg", seed=21)
+    rows = [(n, p, str(m), sp) for n, p, m, sp in good_rows]
+    rows += [("abc.jpg", str(img), "abc", "train"), ("blank.jpg", str(blank), "", "train")]
+    df = _manifest(tmp_path, rows)
+    assert df["mos"].isna().sum() == 2
+    outcome = validate_manifest(df, workers=1, render_html=False)
+    q = outcome.quarantine.set_index("item_id")
+    assert "'abc' is not a number" in q.loc["t/abc.jpg", "reason"]
+    assert q.loc["t/abc.jpg", "mos_raw"] == "abc"
+    assert "mos is missing" in q.loc["t/blank.jpg", "reason"]  # empty text is missing, not unparsed
+    assert len(outcome.valid) == len(good_rows)
+    # a manifest whose MOS all parse gets no extra column
+    assert "mos_raw" not in _manifest(tmp_path, good_rows).columns
 
 
 def test_cli_exit_codes(tmp_path, good_rows, capsys):

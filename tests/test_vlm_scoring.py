@@ -129,7 +129,8 @@ def test_scores_do_not_depend_on_batch_or_padding(tiny, proc, images):
     model, tok = tiny
     batch = encode_batch(images, Q, tokenizer=tok, image_processor=proc)
     assert (batch["attention_mask"] == 0).any()  # mixed sizes really pad
-    many_exp = expected_scores(model, tok, batch, 10, 50)
+    # random weights: nearly all mass is off the valid answers, so the threshold is off here
+    many_exp = expected_scores(model, tok, batch, 10, 50, max_invalid_mass=1.0)
     many_lvl = level_scores(model, tok, batch, 10, 50)
     report = ParseReport()
     many_greedy = greedy_scores(model, tok, batch, 10, 50, report=report)
@@ -138,7 +139,7 @@ def test_scores_do_not_depend_on_batch_or_padding(tiny, proc, images):
     for i, im in enumerate(images):
         one = encode_batch([im], Q, tokenizer=tok, image_processor=proc)
         e, lv, g = (
-            expected_scores(model, tok, one, 10, 50)[0],
+            expected_scores(model, tok, one, 10, 50, max_invalid_mass=1.0)[0],
             level_scores(model, tok, one, 10, 50)[0],
             greedy_scores(model, tok, one, 10, 50)[0],
         )
@@ -155,9 +156,12 @@ def test_video_grid_scoring_is_batch_invariant(tiny, proc, images):
     model, tok = tiny
     clips = [[images[1], _img(112, 112, 20)], [images[3], images[3], images[3]]]
     kw = dict(tokenizer=tok, image_processor=proc, video_mode="video")
-    both = expected_scores(model, tok, encode_batch(clips + [images[0]], Q, **kw), 10, 50)
+    both = expected_scores(
+        model, tok, encode_batch(clips + [images[0]], Q, **kw), 10, 50, max_invalid_mass=1.0
+    )
     for i, clip in enumerate(clips):
-        alone = expected_scores(model, tok, encode_batch([clip], Q, **kw), 10, 50)[0]
+        alone = expected_scores(model, tok, encode_batch([clip], Q, **kw), 10, 50, max_invalid_mass=1.0)[0]
+        assert alone.score is not None
         assert alone.score == pytest.approx(both[i].score, abs=1e-4)
 
 
@@ -165,7 +169,7 @@ def test_right_padding_is_refused_for_expected_scoring(tiny, proc, images):
     model, tok = tiny
     batch = encode_batch(images[:2], Q, tokenizer=tok, image_processor=proc, padding_side="right")
     with pytest.raises(ValueError, match="left"):
-        expected_scores(model, tok, batch, 10, 50)
+        expected_scores(model, tok, batch, 10, 50, max_invalid_mass=1.0)
 
 
 def test_shared_prefix_forward_matches_plain_forward(tiny, proc):
@@ -181,7 +185,7 @@ def test_shared_prefix_forward_matches_plain_forward(tiny, proc):
         shared, *_ = _prefix_forward(model, batch, share_prefix=True)
         plain, *_ = _prefix_forward(model, batch, share_prefix=False)
     assert torch.allclose(shared, plain, atol=1e-4)
-    scores = expected_scores(model, tok, batch, 10, 50)
+    scores = expected_scores(model, tok, batch, 10, 50, max_invalid_mass=1.0)
     for i, im in enumerate(same):
         alone = expected_scores(
             model,
@@ -191,7 +195,9 @@ def test_shared_prefix_forward_matches_plain_forward(tiny, proc):
             ),
             10,
             50,
+            max_invalid_mass=1.0,
         )[0]
+        assert alone.score is not None
         assert alone.score == pytest.approx(scores[i].score, abs=1e-4)
 
 
@@ -210,3 +216,53 @@ def test_expected_mode_counts_every_item_and_an_underflow_as_a_failure(monkeypat
     out = scoring.format_scores(None, None, {}, fmt, "expected", report=report, index_offset=10)
     assert out[0].score == pytest.approx(fmt.candidates()[5][1]) and out[1].score is None
     assert report.total == 2 and report.failures == [(11, "no probability on any valid answer")]
+
+
+def test_expected_score_past_max_invalid_mass_is_unparsed(monkeypatch):
+    """An item with almost all its answer probability off-format gets no score (#20: a "valid"
+    21.96 came from invalid mass 0.99999998): it is a failure with its invalid mass, never a value."""
+    from qualitune.vlm import scoring
+    from qualitune.vlm.tasks import AnswerFormat
+
+    fmt = AnswerFormat("integer", 10, 50)
+    n = len(fmt.candidates())
+    probs = torch.zeros((3, n), dtype=torch.float64)
+    probs[0, 5] = 0.9
+    probs[1, 11] = 0.4
+    probs[2, 3] = 2e-8
+    invalid = torch.tensor([0.1, 0.6, 0.99999998], dtype=torch.float64)
+    monkeypatch.setattr(scoring, "candidate_distribution", lambda *a, **k: (probs, invalid))
+    report = ParseReport()
+    out = scoring.format_scores(None, None, {}, fmt, "expected", report=report)  # default 0.5
+    assert out[0].score == pytest.approx(fmt.candidates()[5][1])
+    assert out[1].score is None and out[2].score is None
+    assert out[2].invalid_mass == pytest.approx(0.99999998) and not out[2].parse_ok
+    assert [i for i, _ in report.failures] == [1, 2]
+    assert "invalid mass 0.6 > max_invalid_mass 0.5" in report.failures[0][1]
+    assert report.summary()["parse_failures"] == 2
+    # the threshold is a parameter: 1.0 accepts every item that has any valid mass
+    lenient = scoring.format_scores(None, None, {}, fmt, "expected", max_invalid_mass=1.0)
+    assert [o.score is not None for o in lenient] == [True, True, True]
+    assert lenient[2].score == pytest.approx(fmt.candidates()[3][1])
+    with pytest.raises(ValueError, match="max_invalid_mass must be in"):
+        scoring.format_scores(None, None, {}, fmt, "expected", max_invalid_mass=1.5)
+
+
+def test_scorer_spec_carries_max_invalid_mass(tmp_path):
+    """The rule travels with the scorer folder (CLI, evaluate, gate and serving read it) and the
+    loader can override it; an untrained tiny model's items are then all unparsed at 0.5."""
+    from qualitune.scorer import Scorer, ScorerSpec
+    from vlm_factory import tiny_scorer_dir
+
+    assert ScorerSpec(base_model="x", answer_format={}).max_invalid_mass == 0.5
+    with pytest.raises(ValueError, match="max_invalid_mass"):
+        ScorerSpec(base_model="x", answer_format={}, max_invalid_mass=-0.1)
+    folder = tiny_scorer_dir(tmp_path / "s", max_invalid_mass=0.5)
+    assert ScorerSpec.read(folder).max_invalid_mass == 0.5
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(img)
+    strict = Scorer.load(folder).score_paths([str(img)], mode="expected")
+    assert strict.results[0]["score"] is None and strict.report.n_failed == 1
+    assert strict.results[0]["invalid_mass"] > 0.5
+    lenient = Scorer.load(folder, max_invalid_mass=1.0).score_paths([str(img)], mode="expected")
+    assert lenient.results[0]["score"] is not None and lenient.report.n_failed == 0

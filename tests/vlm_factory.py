@@ -68,16 +68,23 @@ def run_stages_in(project: Path, *stages) -> None:
 
 
 def tiny_scorer_dir(out: Path, **spec) -> Path:
-    """A scorer folder holding only its spec: the untrained tiny model (seed 1), loaded at scoring time."""
+    """A scorer folder holding only its spec: the untrained tiny model (seed 1), loaded at scoring time.
+
+    Its random weights put almost no probability on any valid answer (invalid mass ~1), so the
+    spec accepts every item (`max_invalid_mass` 1.0) unless a test says otherwise: these tests check
+    the plumbing around scores, `test_vlm_scoring` checks the threshold itself."""
     from qualitune.scorer import ScorerSpec
     from qualitune.vlm.model import TINY_NAME
 
     out.mkdir(parents=True)
     ScorerSpec(
-        base_model=TINY_NAME,
-        base_seed=1,
-        answer_format={"kind": "integer", "lo": 10, "hi": 50},
-        max_pixels=84 * 84,
-        **spec,
+        **{
+            "base_model": TINY_NAME,
+            "base_seed": 1,
+            "answer_format": {"kind": "integer", "lo": 10, "hi": 50},
+            "max_pixels": 84 * 84,
+            "max_invalid_mass": 1.0,
+            **spec,
+        }
     ).write(out)
     return out

@@ -125,7 +125,13 @@ def make_manifest(
                 return "unknown"  # kept; the validation gate quarantines it with a reason
 
         df["media"] = [kind(p) for p in df["path"].astype(str)]
-    df["mos"] = pd.to_numeric(df["mos"], errors="coerce")  # unparseable -> NaN -> quarantined later
+    raw_mos = df["mos"]
+    df["mos"] = pd.to_numeric(raw_mos, errors="coerce")  # unparseable -> NaN -> quarantined later
+    # The label file's own text of a MOS that did not parse ("abc", "4,5"), so the quarantine can
+    # show it: after the coercion it would only read "missing". Added only when there is one.
+    unparsed = df["mos"].isna() & raw_mos.notna() & (raw_mos.astype(str).str.strip() != "")
+    if unparsed.any():
+        df["mos_raw"] = raw_mos.astype(str).where(unparsed, None)
     if "mos_std" in df.columns:
         df["mos_std"] = pd.to_numeric(df["mos_std"], errors="coerce")
     else:

@@ -149,6 +149,30 @@ def _container_duration(path: Path) -> float | None:
     return None
 
 
+def probe_media(path: str | Path, media: str) -> None:
+    """Raise `MediaError` unless `path` is a non-empty regular file whose header reads as `media`
+    ("image": PIL parses the header, no pixels decoded; "video": the container opens and has a
+    video stream). The cheap half of a decode check, for `qualitune validate --no-media-check`."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: file not found")
+    if not path.is_file():
+        raise MediaError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)")
+    if media == "video":
+        _container_duration(path)
+        return
+    try:
+        with Image.open(path) as img:
+            if img.width <= 0 or img.height <= 0:
+                raise MediaError(f"{path}: image header declares size {img.size}")
+    except MediaError:
+        raise
+    except Exception as exc:  # UnidentifiedImageError, a truncated header, ...
+        raise MediaError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
 def sample_frames(path: str | Path, n: int = 2) -> list[Image.Image]:
     """Sample `n` frames uniformly in time from a video, as RGB images.
 

@@ -35,7 +35,14 @@ import torch
 from qualitune.progress import Progress
 from qualitune.vlm.answers import ParseReport
 from qualitune.vlm.inputs import _unwrap, encode_batch
-from qualitune.vlm.scoring import SCORING_MODES, ItemScore, format_scores, generate_texts
+from qualitune.vlm.scoring import (
+    MAX_INVALID_MASS,
+    SCORING_MODES,
+    ItemScore,
+    check_max_invalid_mass,
+    format_scores,
+    generate_texts,
+)
 from qualitune.vlm.tasks import DESCRIBE_QUESTION, AnswerFormat
 
 log = logging.getLogger(__name__)
@@ -61,9 +68,16 @@ class ScorerSpec:
     two_stage: bool = False
     describe_max_new_tokens: int = 48
     trust_remote_code: bool = False
+    # `expected` mode: an item with more answer probability off the valid answers than this is
+    # unparsed, not scored (qualitune.vlm.scoring); travels with the scorer, so the CLI, evaluate,
+    # the registry gate and serving apply one rule. Scorers written before it existed get 0.5.
+    max_invalid_mass: float = MAX_INVALID_MASS
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.max_invalid_mass = check_max_invalid_mass(self.max_invalid_mass)
 
     @property
     def fmt(self) -> AnswerFormat:
@@ -222,12 +236,13 @@ class Scorer:
         device: str | None = None,
         dtype: str | None = None,
         feature_store: str | Path | None = None,
+        max_invalid_mass: float | None = None,
     ) -> Scorer:
         """Load for inference: LoRA merged into the weights, cast to `dtype` when given
         (`float32`, `bfloat16`, ...; default: the scorer's own, `auto`). `feature_store`: a folder
         of the compact encoder's features on disk (`qualitune.vlm.feature_store`), for the
         pipeline's stages, which score the same photos again and again; off by default (a server
-        sees new photos)."""
+        sees new photos). `max_invalid_mass` overrides the scorer's own (`ScorerSpec`)."""
         from qualitune.vlm.feature_store import attach_feature_store
 
         model, tok, spec = load_scored_model(
@@ -237,6 +252,8 @@ class Scorer:
         if hasattr(visual, "limit_cache"):  # the compact backend's feature cache: bounded for serving
             visual.limit_cache(int(os.environ.get("QUALITUNE_SCORER_FEATURE_CACHE", "1024")))
         attach_feature_store(model, feature_store)
+        if max_invalid_mass is not None:
+            spec.max_invalid_mass = check_max_invalid_mass(max_invalid_mass)
         return cls(model, tok, spec)
 
     def _encode(self, items: Sequence[Any], prompts: Sequence[str], prefix: str) -> dict[str, torch.Tensor]:
@@ -294,6 +311,7 @@ class Scorer:
             index_offset=index_offset,
             do_sample=do_sample,
             temperature=temperature,
+            max_invalid_mass=self.spec.max_invalid_mass,
         )
         return scores, descriptions
 

@@ -153,6 +153,7 @@ class TrainSettings:
             "data",
             "tuned_params",
             "pretrain",
+            "max_invalid_mass",
         }
         unknown = sorted(set(cfg) - known - stage_keys)
         if unknown:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +64,27 @@ def check_file(path: str, media: str) -> tuple[str, str]:
     except Exception as exc:  # a decoder bug must not stop the batch; it is reported per row
         return f"{path}: unexpected error while decoding ({type(exc).__name__}: {exc})", ""
     return "", digest
+
+
+def probe_file(path: str, media: str) -> tuple[str, str]:
+    """The cheap check behind `check_media: false`: the file exists, is a non-empty regular file and
+    its header says it is the media it claims (PIL reads the image header without decoding pixels;
+    PyAV opens the container and finds a video stream). Returns (error or "", "") like `check_file`,
+    without a content hash, so the cross-split duplicate check needs the full decode.
+
+    Skipping the decode is a speed choice, not a licence to train on a missing file or on a text
+    file named `.jpg`: those fail here as they would in the full check."""
+    from qualitune.media import MediaError, probe_media
+
+    if media not in MEDIA_KINDS:
+        return f"unknown media kind {media!r} (expected one of {MEDIA_KINDS})", ""
+    try:
+        probe_media(path, media)
+    except MediaError as exc:
+        return str(exc), ""
+    except Exception as exc:  # as in check_file: reported per row, never a crash of the batch
+        return f"{path}: unexpected error while reading the header ({type(exc).__name__}: {exc})", ""
+    return "", ""
 
 
 def _file_hash(path: str) -> str:
@@ -115,8 +137,11 @@ def derive_columns(df: pd.DataFrame, *, check_media: bool = True, workers: int |
         errors, hashes = check_files(
             out["path"].astype(str).tolist(), out["media"].astype(str).tolist(), workers
         )
-    else:
-        errors, hashes = [""] * len(out), [""] * len(out)
+    else:  # existence and the header are still checked: only the full decode is skipped
+        probed = [
+            probe_file(p, m) for p, m in zip(out["path"].astype(str), out["media"].astype(str), strict=True)
+        ]
+        errors, hashes = [e for e, _ in probed], [h for _, h in probed]
     out["_file_error"] = errors
     out["_content_hash"] = hashes
     # Identical content in two splits leaks test data into training: flag every row whose content
@@ -136,6 +161,14 @@ class Check:
     reason: Callable[[pd.Series], str]
 
 
+def _missing_reason(row: pd.Series, col: str) -> str:
+    """The reason a null column gets: for a MOS whose text did not parse, that text (`mos_raw`)."""
+    raw = row.get(f"{col}_raw") if col == "mos" else None
+    if isinstance(raw, str):
+        return f"mos {raw!r} is not a number (the label file's text)"
+    return f"{col} is missing (NaN/empty)"
+
+
 def build_checks() -> list[Check]:
     """The expectation suite, each entry with how to explain a failing row."""
     import great_expectations as gx
@@ -144,7 +177,7 @@ def build_checks() -> list[Check]:
     checks: list[Check] = []
     for col in ("item_id", "path", "media", "mos", "mos_norm", "split", "dataset", "scale_min", "scale_max"):
         checks.append(
-            Check(E.ExpectColumnValuesToNotBeNull(column=col), lambda r, c=col: f"{c} is missing (NaN/empty)")
+            Check(E.ExpectColumnValuesToNotBeNull(column=col), lambda r, c=col: _missing_reason(r, c))
         )
     checks += [
         Check(
@@ -305,10 +338,26 @@ def _render_html(result) -> str:
         from great_expectations.render.renderer import ValidationResultsPageRenderer
         from great_expectations.render.view import DefaultJinjaPageView
 
-        return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+        page = DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
     except Exception as exc:  # the HTML is a convenience; the JSON report is the record
         log.warning("GX HTML rendering failed (%s); the JSON report is still written", exc)
         return ""
+    return stable_html(page)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_STAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
+
+
+def stable_html(page: str) -> str:
+    """GX's page with what changes on every render made stable: the run's wall-clock stamps (shown,
+    and as the logo's cache-buster) and the random uuid4 of each collapsible block. The page is a
+    DVC output: without this a rerun on the same manifest changes `dvc.lock` and marks every later
+    registered model `git_dirty`. The run's time is not lost: MLflow and DVC record when it ran."""
+    ids: dict[str, str] = {}
+    page = _UUID.sub(lambda m: ids.setdefault(m.group(0), f"block-{len(ids) + 1}"), page)
+    page = re.sub(r"\?d=" + _STAMP.pattern, "", page)
+    return _STAMP.sub("(run time not recorded in this page)", page)
 
 
 class GateFailed(ValueError):

@@ -24,7 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-fail-share", type=float, default=0.0, help="tolerated share of failing rows (default 0)"
     )
-    p.add_argument("--no-media-check", action="store_true", help="skip opening/decoding every file (faster)")
+    p.add_argument(
+        "--no-media-check",
+        action="store_true",
+        help="skip decoding every file (faster); existence and headers are still checked, "
+        "duplicate content across splits is not",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes for decoding (default: all cores)")
     p.set_defaults(func=run)
 

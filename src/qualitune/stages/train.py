@@ -78,6 +78,7 @@ def train_scorer(
     from qualitune.training import TrainSettings, train
     from qualitune.vlm.feature_store import attach_feature_store
     from qualitune.vlm.model import load_model, make_processor
+    from qualitune.vlm.scoring import MAX_INVALID_MASS
     from qualitune.vlm.trainable import transfer_vision, vision_weights
 
     params = apply_tuned(params, section(params, "train").get("tuned_params"))
@@ -131,6 +132,7 @@ def train_scorer(
         video_mode=mcfg["video_mode"],
         n_frames=int(mcfg["n_frames"]),
         two_stage=settings.method == "two_stage",
+        max_invalid_mass=float(tcfg.get("max_invalid_mass", MAX_INVALID_MASS)),
         recipe={
             "method": settings.method,
             "tuning": settings.tuning,

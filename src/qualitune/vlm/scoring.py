@@ -17,7 +17,10 @@ Three scorers read the same `encode_batch` output (left-padded, explicit attenti
 Invalid probability mass (tokens that are not a valid continuation: letters, other digits,
 out-of-range integers) is never spread onto a score: the distribution over valid answers is
 renormalised (score = sum p(k) k / sum p(k)) and the mass that was invalid, 1 - sum p(k), is
-reported per item as `invalid_mass`, so a model that mostly answers off-format shows it.
+reported per item as `invalid_mass`, so a model that mostly answers off-format shows it. Past
+`max_invalid_mass` (default `MAX_INVALID_MASS`, 0.5) the renormalised mean is no longer a score (it
+would average the crumbs of a distribution that is almost all elsewhere): the item is counted as
+unparsed, its reason and invalid mass in the `ParseReport`, and its score stays None.
 
 Scores do not depend on batch composition or padding: M-RoPE positions are computed per row from
 the attention mask (`get_rope_index` drops padded positions) and passed explicitly, every step
@@ -36,6 +39,21 @@ from transformers import PreTrainedTokenizerBase
 from qualitune.vlm.answers import LEVELS, ParseReport, parse_integer, parse_level
 from qualitune.vlm.inputs import _unwrap, model_inputs
 from qualitune.vlm.tasks import AnswerFormat, level_of
+
+MAX_INVALID_MASS = 0.5
+"""Default `max_invalid_mass` of an `expected` score: more than half the answer probability on
+off-format text means the model did not answer the question, whatever the valid rest averages to."""
+
+
+def check_max_invalid_mass(value: float) -> float:
+    """`max_invalid_mass` as a float in [0, 1], or a ValueError that says what it means."""
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(
+            f"max_invalid_mass must be in [0, 1] (the largest share of answer probability off the valid "
+            f"answers that still gives an expected score; 1 accepts every item), got {value!r}"
+        )
+    return v
 
 
 @dataclass
@@ -280,11 +298,20 @@ def expected_scores(
     batch: dict[str, torch.Tensor],
     lo: int,
     hi: int,
+    *,
+    max_invalid_mass: float = MAX_INVALID_MASS,
 ) -> list[ItemScore]:
     """Expected integer label per item: sum p(k) k / sum p(k) over k in [lo, hi] (see module doc);
     `format_scores` in expected mode for the integer format."""
     _check_range(lo, hi)
-    return format_scores(model, tokenizer, batch, AnswerFormat("integer", lo, hi), "expected")
+    return format_scores(
+        model,
+        tokenizer,
+        batch,
+        AnswerFormat("integer", lo, hi),
+        "expected",
+        max_invalid_mass=max_invalid_mass,
+    )
 
 
 def level_token_ids(tokenizer: PreTrainedTokenizerBase, leading_space: bool = True) -> list[int]:
@@ -368,13 +395,15 @@ def format_scores(
     index_offset: int = 0,
     do_sample: bool = False,
     temperature: float | None = None,
+    max_invalid_mass: float = MAX_INVALID_MASS,
 ) -> list[ItemScore]:
     """Score a batch encoded with `assistant_prefix=fmt.prefix`, in any answer format.
 
     `expected`: probability of every valid answer text (`candidate_distribution`), score = the
     renormalised mean of their values, `invalid_mass` reported. `greedy`: generate, then parse
     strictly with `fmt.parse`; failures stay None. In both modes every item goes to `report` (item
-    index + `index_offset`); an `expected` failure is an item whose valid answers all underflowed.
+    index + `index_offset`); an `expected` failure is an item whose valid answers all underflowed
+    or whose invalid mass exceeds `max_invalid_mass` (module doc).
     Generation stops at the end of turn or after as many tokens as the longest valid answer (plus
     the format's suffix): an integer-only-mask model was never trained to emit the end token, and
     what it would say after a complete answer is not part of the answer.
@@ -383,6 +412,7 @@ def format_scores(
     if mode not in SCORING_MODES:
         raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
     if mode == "expected":
+        max_invalid_mass = check_max_invalid_mass(max_invalid_mass)
         cands = fmt.candidates()
         probs, invalid = candidate_distribution(
             model, tokenizer, batch, [c for c, _ in cands], end_text=fmt.suffix + "<|im_end|>"
@@ -397,6 +427,13 @@ def format_scores(
             if float(total[i]) <= 0.0:  # all mass underflowed: nothing valid to average
                 report.add(index_offset + i, "no probability on any valid answer", None)
                 results.append(ItemScore(None, None, parse_ok=False, invalid_mass=1.0))
+                continue
+            if float(invalid[i]) > max_invalid_mass:  # a mean of crumbs is not a score (module doc)
+                inv = float(invalid[i])
+                report.add(
+                    index_offset + i, f"invalid mass {inv:.6g} > max_invalid_mass {max_invalid_mass:g}", None
+                )
+                results.append(ItemScore(None, None, parse_ok=False, invalid_mass=inv))
                 continue
             score = float((probs[i] * values).sum() / total[i])
             report.add(index_offset + i, "", score)  # counted, so parse_failures covers both modes
@@ -499,6 +536,8 @@ __all__ = [
     "format_scores",
     "generate_texts",
     "expected_scores",
+    "MAX_INVALID_MASS",
+    "check_max_invalid_mass",
     "greedy_scores",
     "integer_distribution",
     "level_index",
