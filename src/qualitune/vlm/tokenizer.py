@@ -154,6 +154,20 @@ _LOADED: dict[str, PreTrainedTokenizerBase] = {}
 scorer load would pay it). The instance is shared: treat it as read-only."""
 
 
+SAVED_TOKENIZER_ENV = "QUALITUNE_QWEN_TOKENIZER"
+"""A folder holding a saved copy of the offline Qwen tokenizer (`save_pretrained`); when set, the
+offline build loads it instead of converting dashscope's `qwen.tiktoken`."""
+
+
+def _finish(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """What a reloaded offline tokenizer may have lost: the chat template and the pad token."""
+    if not tok.chat_template:
+        tok.chat_template = QWEN25_VL_CHAT_TEMPLATE
+    if tok.pad_token_id is None:
+        tok.pad_token = "<|endoftext|>"
+    return tok
+
+
 def load_qwen_tokenizer(
     name_or_path: str | Path | None = None, *, cache_dir: str | Path | None = None
 ) -> PreTrainedTokenizerBase:
@@ -162,22 +176,27 @@ def load_qwen_tokenizer(
     `None`, `EMBEDDED` or the tiny model's name select the offline build (cached under
     `cache_dir`, default `default_cache_dir()`); anything else goes to
     `AutoTokenizer.from_pretrained` (a local checkpoint folder or a hub id already in the HF cache).
+    With `QUALITUNE_QWEN_TOKENIZER` set, the offline build is read from that saved folder instead.
     """
     from qualitune.vlm.model import TINY_NAME  # local import: model.py imports this module
 
     if name_or_path is not None and str(name_or_path) not in (EMBEDDED, TINY_NAME):
         return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
+    saved = os.environ.get(SAVED_TOKENIZER_ENV)
+    if saved:  # a machine without dashscope (a bare GPU box): a copy saved where dashscope was
+        if not (Path(saved) / "tokenizer.json").is_file():
+            raise ValueError(
+                f"{SAVED_TOKENIZER_ENV}={saved} holds no tokenizer.json; write one with "
+                "`python benchmarks/gpu_check.py --save-tokenizer DIR` on a machine with dashscope"
+            )
+        return _finish(AutoTokenizer.from_pretrained(saved, trust_remote_code=False))
     source = qwen_tiktoken_path()
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = target / _cache_key(source)
     if str(target) in _LOADED:
         return _LOADED[str(target)]
     if (target / "tokenizer.json").is_file():
-        tok = AutoTokenizer.from_pretrained(str(target), trust_remote_code=False)
-        if not tok.chat_template:
-            tok.chat_template = QWEN25_VL_CHAT_TEMPLATE
-        if tok.pad_token_id is None:
-            tok.pad_token = "<|endoftext|>"
+        tok = _finish(AutoTokenizer.from_pretrained(str(target), trust_remote_code=False))
         _LOADED[str(target)] = tok
         return tok
     tok = build_qwen_tokenizer(source)
