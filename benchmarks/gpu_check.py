@@ -41,46 +41,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIG_7B = HERE / "configs" / "qwen2.5-vl-7b.json"
-TOKENIZER_ENV = "QUALITUNE_QWEN_TOKENIZER"  # qualitune.vlm.tokenizer.SAVED_TOKENIZER_ENV
+sys.path.insert(0, str(ROOT / "src"))  # the GPU box runs from the repository, nothing installed
+
+from qualitune.vlm.tokenizer import SAVED_TOKENIZER_ENV, load_qwen_tokenizer  # noqa: E402
+
+# Each benchmark's sizes. `tiny`: the tiny random Qwen at toy sizes (a CPU smoke run of every code
+# path); `7b`: the 7B architecture at the recipe's sizes (448 px, LoRA r 128, scoring batch 32).
+SIZES = {
+    "tiny": {
+        "train": "--n-items 8 --batch-size 4 --epochs 1 --warmup-steps 1 --size 56 --lora-r 8",
+        "score": "--n-items 8 --batch-size 4 --size 56 --repeats 1",
+    },
+    "7b": {
+        "train": "--n-items 64 --batch-size 8 --epochs 2 --warmup-steps 2 --size 448",
+        "score": "--n-items 128 --batch-size 32 --size 448 --repeats 2",
+    },
+}
 
 
 def part_args(device: str, tiny: bool) -> dict[str, list[str]]:
-    """Each benchmark's command line. `--tiny`: the tiny random Qwen at toy sizes (a CPU smoke run of
-    every code path); otherwise the 7B architecture at the recipe's sizes (448 px, LoRA r 128)."""
+    """Each benchmark's command line."""
     model = [] if tiny else ["--config", str(CONFIG_7B)]
-    if tiny:
-        train = [
-            "--n-items",
-            "8",
-            "--batch-size",
-            "4",
-            "--epochs",
-            "1",
-            "--warmup-steps",
-            "1",
-            "--size",
-            "56",
-        ]
-        train += ["--lora-r", "8"]
-        score = ["--n-items", "8", "--batch-size", "4", "--size", "56", "--repeats", "1"]
-    else:
-        train = [
-            "--n-items",
-            "64",
-            "--batch-size",
-            "8",
-            "--epochs",
-            "2",
-            "--warmup-steps",
-            "2",
-            "--size",
-            "448",
-        ]
-        score = ["--n-items", "128", "--batch-size", "32", "--size", "448", "--repeats", "2"]
-    return {
-        "train": ["--device", device, *model, *train],
-        "score": ["--device", device, *model, *score],
-    }
+    sizes = SIZES["tiny" if tiny else "7b"]
+    return {part: ["--device", device, *model, *sizes[part].split()] for part in ("train", "score")}
 
 
 def run_part(script: str, args: list[str], timeout_s: float, env: dict[str, str], out_json: Path | None):
@@ -120,19 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     if args.save_tokenizer is not None:
-        sys.path.insert(0, str(ROOT / "src"))
-        from qualitune.vlm.tokenizer import load_qwen_tokenizer
-
-        env_saved = os.environ.pop(TOKENIZER_ENV, None)  # build from dashscope, not from a copy
+        os.environ.pop(SAVED_TOKENIZER_ENV, None)  # build it from dashscope, not from another copy
         load_qwen_tokenizer(None).save_pretrained(str(args.save_tokenizer))
-        if env_saved is not None:
-            os.environ[TOKENIZER_ENV] = env_saved
         print(f"offline Qwen tokenizer saved to {args.save_tokenizer}; carry it and pass --tokenizer")
         return 0
     if args.tokenizer is not None:
         if not (args.tokenizer / "tokenizer.json").is_file():
             ap.error(f"--tokenizer {args.tokenizer} has no tokenizer.json; write it with --save-tokenizer")
-        env[TOKENIZER_ENV] = str(args.tokenizer.resolve())
+        env[SAVED_TOKENIZER_ENV] = str(args.tokenizer.resolve())
     out = args.out or (Path(os.environ["OUT"]) / "gpu_check.json" if os.environ.get("OUT") else None)
 
     t0 = time.perf_counter()
@@ -145,37 +123,33 @@ def main(argv: list[str] | None = None) -> int:
     left = max(30.0, args.budget_s - (time.perf_counter() - t0))
     score, score_status = run_part("score_throughput.py", parts["score"], left, env, None)
 
-    loss = (train or {}).get("loss_check_first_batch") or {}
+    train, score = train or {}, score or {}
+    ours, baseline = train.get("ours") or {}, train.get("baseline") or {}
     report = {
         "device": args.device,
         "model": "tiny-qwen2.5-vl" if args.tiny else "Qwen2.5-VL-7B architecture, random weights, bf16",
         "train": {
-            "samples_per_s": (train or {}).get("ours", {}).get("samples_per_s"),
-            "tokens_per_s": (train or {}).get("ours", {}).get("tokens_per_s"),
-            "mfu": (train or {}).get("ours", {}).get("mfu"),
-            "peak_memory_gib": (train or {}).get("ours", {}).get("peak_memory_gib"),
-            "baseline_samples_per_s": ((train or {}).get("baseline") or {}).get("samples_per_s"),
-            "baseline_mfu": ((train or {}).get("baseline") or {}).get("mfu"),
-            "baseline_peak_memory_gib": ((train or {}).get("baseline") or {}).get("peak_memory_gib"),
-            "peak_tflops": (train or {}).get("peak_tflops"),
+            **{k: ours.get(k) for k in ("samples_per_s", "tokens_per_s", "mfu", "peak_memory_gib")},
+            **{f"baseline_{k}": baseline.get(k) for k in ("samples_per_s", "mfu", "peak_memory_gib")},
+            "peak_tflops": train.get("peak_tflops"),
             **train_status,
         },
         "score": {
-            "images_per_s": (score or {}).get("items_per_s"),
-            "baseline_images_per_s": (score or {}).get("baseline_items_per_s"),
-            "batch_size": (score or {}).get("batch_size"),
-            "size": (score or {}).get("size"),
+            "images_per_s": score.get("items_per_s"),
+            "baseline_images_per_s": score.get("baseline_items_per_s"),
+            "batch_size": score.get("batch_size"),
+            "size": score.get("size"),
             **score_status,
         },
-        "first_batch_loss_diff": loss.get("abs_diff"),
+        "first_batch_loss_diff": (train.get("loss_check_first_batch") or {}).get("abs_diff"),
         "seconds": round(time.perf_counter() - t0, 1),
-        "reports": {"train": train, "score": score},
+        "reports": {"train": train or None, "score": score or None},
     }
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
-    return 0 if train is not None and score is not None else 1
+    return 0 if train_status["status"] == score_status["status"] == "ok" else 1
 
 
 if __name__ == "__main__":

@@ -37,6 +37,19 @@ def media_kind(path: str | Path) -> str:
     )
 
 
+def require_file(path: str | Path) -> Path:
+    """`path` as a Path if it is a non-empty regular file, else `MediaError` saying which it is not:
+    the first check of every reader here."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(f"{p}: file not found")
+    if not p.is_file():
+        raise MediaError(f"{p}: not a regular file")
+    if p.stat().st_size == 0:
+        raise MediaError(f"{p}: empty file")
+    return p
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB.
 
@@ -59,11 +72,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image as 8-bit RGB, or raise `MediaError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise MediaError(f"{p}: file not found")
-    if p.stat().st_size == 0:
-        raise MediaError(f"{p}: empty file")
+    p = require_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -153,13 +162,7 @@ def probe_media(path: str | Path, media: str) -> None:
     """Raise `MediaError` unless `path` is a non-empty regular file whose header reads as `media`
     ("image": PIL parses the header, no pixels decoded; "video": the container opens and has a
     video stream). The cheap half of a decode check, for `qualitune validate --no-media-check`."""
-    path = Path(path)
-    if not path.exists():
-        raise MediaError(f"{path}: file not found")
-    if not path.is_file():
-        raise MediaError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{path}: empty file (0 bytes)")
+    path = require_file(path)
     if media == "video":
         _container_duration(path)
         return
@@ -185,11 +188,7 @@ def sample_frames(path: str | Path, n: int = 2) -> list[Image.Image]:
     """
     if n < 1:
         raise ValueError(f"n_frames must be >= 1, got {n}")
-    p = Path(path)
-    if not p.is_file():
-        raise MediaError(f"{p}: file not found")
-    if p.stat().st_size == 0:
-        raise MediaError(f"{p}: empty file")
+    p = require_file(path)
     duration = _container_duration(p)
     if duration and duration > 0:
         frames, last_time, decoded, _ = _decode_at(p, _uniform_targets(duration, n))

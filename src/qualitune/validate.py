@@ -42,49 +42,35 @@ NUMERIC = ("mos", "mos_std", "mos_norm", "scale_min", "scale_max")
 TEXT = ("item_id", "path", "media", "split", "dataset")
 
 
-def check_file(path: str, media: str) -> tuple[str, str]:
-    """Decode one item fully. Returns (error message or "", content hash or "").
+def check_file(path: str, media: str, decode: bool = True) -> tuple[str, str]:
+    """Check one item. Returns (error message or "", content hash or "").
 
-    Images hash their decoded pixels (so the same picture saved as PNG and BMP still collides);
-    videos hash their bytes after checking that at least one frame decodes.
+    `decode` (the default): decode it fully; images hash their decoded pixels (so the same picture
+    saved as PNG and BMP still collides), videos hash their bytes after checking that at least one
+    frame decodes. `decode=False` (`check_media: false`): only that it is a non-empty regular file
+    whose header reads as its media (`qualitune.media.probe_media`), no hash, so the cross-split
+    duplicate check needs the decode. Skipping the decode is a speed choice, not a licence to train
+    on a missing file or a text file named `.jpg`.
     """
-    from qualitune.media import MediaError, load_image, sample_frames
-
-    try:
-        if media == "image":
-            img = load_image(path)
-            digest = hashlib.sha256(f"{img.size}".encode() + img.tobytes()).hexdigest()
-        elif media == "video":
-            sample_frames(path, 1)
-            digest = _file_hash(path)
-        else:
-            return f"unknown media kind {media!r} (expected one of {MEDIA_KINDS})", ""
-    except MediaError as exc:
-        return str(exc), ""
-    except Exception as exc:  # a decoder bug must not stop the batch; it is reported per row
-        return f"{path}: unexpected error while decoding ({type(exc).__name__}: {exc})", ""
-    return "", digest
-
-
-def probe_file(path: str, media: str) -> tuple[str, str]:
-    """The cheap check behind `check_media: false`: the file exists, is a non-empty regular file and
-    its header says it is the media it claims (PIL reads the image header without decoding pixels;
-    PyAV opens the container and finds a video stream). Returns (error or "", "") like `check_file`,
-    without a content hash, so the cross-split duplicate check needs the full decode.
-
-    Skipping the decode is a speed choice, not a licence to train on a missing file or on a text
-    file named `.jpg`: those fail here as they would in the full check."""
-    from qualitune.media import MediaError, probe_media
+    from qualitune.media import MediaError, load_image, probe_media, sample_frames
 
     if media not in MEDIA_KINDS:
         return f"unknown media kind {media!r} (expected one of {MEDIA_KINDS})", ""
     try:
-        probe_media(path, media)
+        if not decode:
+            probe_media(path, media)
+            return "", ""
+        if media == "image":
+            img = load_image(path)
+            digest = hashlib.sha256(f"{img.size}".encode() + img.tobytes()).hexdigest()
+        else:
+            sample_frames(path, 1)
+            digest = _file_hash(path)
     except MediaError as exc:
         return str(exc), ""
-    except Exception as exc:  # as in check_file: reported per row, never a crash of the batch
-        return f"{path}: unexpected error while reading the header ({type(exc).__name__}: {exc})", ""
-    return "", ""
+    except Exception as exc:  # a decoder bug must not stop the batch; it is reported per row
+        return f"{path}: unexpected error while reading ({type(exc).__name__}: {exc})", ""
+    return "", digest
 
 
 def _file_hash(path: str) -> str:
@@ -95,15 +81,15 @@ def _file_hash(path: str) -> str:
     return h.hexdigest()
 
 
-def _check_many(args: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [check_file(p, m) for p, m in args]
+def _check_many(args: list[tuple[str, str, bool]]) -> list[tuple[str, str]]:
+    return [check_file(p, m, d) for p, m, d in args]
 
 
 def check_files(
-    paths: list[str], media: list[str], workers: int | None = None
+    paths: list[str], media: list[str], workers: int | None = None, *, decode: bool = True
 ) -> tuple[list[str], list[str]]:
     """`check_file` over many items, in parallel chunks across all cores."""
-    items = list(zip(paths, media, strict=True))
+    items = [(p, m, decode) for p, m in zip(paths, media, strict=True)]
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(items) < 64:
         results = _check_many(items)
@@ -133,15 +119,10 @@ def derive_columns(df: pd.DataFrame, *, check_media: bool = True, workers: int |
     # Duplicated rows: the first occurrence stays, later ones are quarantined (same id or same file).
     out["_first_id"] = ~out["item_id"].duplicated(keep="first")
     out["_first_path"] = ~out["path"].duplicated(keep="first")
-    if check_media:
-        errors, hashes = check_files(
-            out["path"].astype(str).tolist(), out["media"].astype(str).tolist(), workers
-        )
-    else:  # existence and the header are still checked: only the full decode is skipped
-        probed = [
-            probe_file(p, m) for p, m in zip(out["path"].astype(str), out["media"].astype(str), strict=True)
-        ]
-        errors, hashes = [e for e, _ in probed], [h for _, h in probed]
+    # without check_media, existence and the header are still checked: only the decode is skipped
+    errors, hashes = check_files(
+        out["path"].astype(str).tolist(), out["media"].astype(str).tolist(), workers, decode=check_media
+    )
     out["_file_error"] = errors
     out["_content_hash"] = hashes
     # Identical content in two splits leaks test data into training: flag every row whose content
