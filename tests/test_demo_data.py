@@ -234,3 +234,34 @@ def test_stage_and_cli_read_params(tmp_path: Path, capsys: pytest.CaptureFixture
     params.write_text(yaml.safe_dump({"demo": {"crop_sise": 64}}))
     assert stage.main(["--params", str(params)]) == 2  # a user error: message, no traceback
     assert "unknown keys" in capsys.readouterr().err
+
+
+# ---- fewer levels on more crops ------------------------------------------------------------------
+
+
+def test_crop_levels_rotate_so_every_pair_is_used_equally() -> None:
+    from qualitune.demo_data import crop_levels
+
+    kinds, levels = ("jpeg", "white_noise", "gaussian_blur"), (1, 2, 3, 4, 5)
+    assert crop_levels(0, kinds, levels, 0) == {k: levels for k in kinds}
+    counts: dict[tuple[str, int], int] = {}
+    for crop in range(10):
+        plan = crop_levels(crop, kinds, levels, 2)
+        for kind, picked in plan.items():
+            assert len(picked) == 2 and abs(picked[1] - picked[0]) >= 2  # spans the severity range
+            for level in picked:
+                counts[(kind, level)] = counts.get((kind, level), 0) + 1
+    assert set(counts) == {(k, v) for k in kinds for v in levels}  # every pair appears
+    assert set(counts.values()) == {4}  # 10 crops x 2 levels / 5 levels, for every kind
+
+
+def test_levels_per_crop_builds_the_planned_items(tmp_path: Path) -> None:
+    small = SMALL | {"crops_per_image": 2, "n_video_clips": 0, "workers": 1, "levels_per_crop": 2}
+    labels = build_demo(tmp_path / "d", **small)
+    per_ref = labels.groupby("reference").size()
+    assert set(per_ref) == {1 + 4 * 2}  # the reference + 4 kinds x 2 levels
+    distorted = labels[labels["distortion"] != PRISTINE]
+    assert distorted.groupby(["reference", "distortion"])["level"].nunique().eq(2).all()
+    assert set(distorted["level"]) == {1, 3, 5}
+    with pytest.raises(ValueError, match="levels_per_crop"):
+        build_demo(tmp_path / "x", **(small | {"levels_per_crop": 4}))

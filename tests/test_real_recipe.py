@@ -230,6 +230,25 @@ def test_linear_probe_picks_alpha_on_val_and_predicts_every_row_with_features():
         linear_probe(x, y, split == "train", np.zeros(120, dtype=bool))
 
 
+def test_linear_probe_is_fitted_on_train_only():
+    """Val labels choose the penalty and nothing else: the predictions are the train-only ridge at
+    that penalty, so the probe's val figure is not an in-sample one (a train + val refit fails this)."""
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    from qualitune.baselines import linear_probe
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(90, 6))
+    y = x @ rng.normal(size=6) + rng.normal(scale=0.5, size=90)
+    split = np.array(["train", "val", "test"])[np.arange(90) % 3]
+    train = split == "train"
+    probe = linear_probe(x, y, train, split == "val")
+    scaler = StandardScaler().fit(x[train])
+    expect = Ridge(alpha=probe.alpha).fit(scaler.transform(x[train]), y[train]).predict(scaler.transform(x))
+    np.testing.assert_allclose(probe.predictions, expect, rtol=1e-9, atol=1e-9)
+
+
 def test_baselines_of_a_scorer_on_a_manifest(tmp_path):
     from qualitune.baselines import evaluate_baselines
     from qualitune.scorer import Scorer

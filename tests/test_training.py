@@ -187,6 +187,56 @@ def test_vital_level_rows_carry_the_kl_to_the_pmod(frame):
     assert set(batch["input_ids"][torch.arange(4), vs].tolist()) <= set(ids)
 
 
+def test_soft_labels_put_a_kl_on_the_first_digit(frame):
+    """train.label_sigma > 0: every MOS example carries a distribution over the first digit that
+    peaks at its label's digit, the KL is taken right where that digit is predicted, and it moves
+    the loss (sigma 0 leaves the examples and the loss as they were)."""
+    from qualitune.training import Objective
+    from qualitune.vlm.scoring import first_token_ids
+
+    model, tok = _tiny()
+    s = TrainSettings(label_sigma=0.4)
+    (phase,) = build_phases(frame, s)
+    assert all(e.levels is not None and len(e.levels) == 5 for e in phase.examples)
+    for e in phase.examples:
+        assert abs(sum(e.levels) - 1) < 1e-9 and int(np.argmax(e.levels)) + 1 == int(e.answer[1][0])
+    batch = encode_examples(
+        phase.examples[:4], tokenizer=tok, image_processor=PROC, n_frames=1, video_mode="frames"
+    )
+    ids = first_token_ids(tok, s.fmt)
+    vs = batch["value_start"]
+    first_digits = batch["input_ids"][torch.arange(4), vs].tolist()
+    assert first_digits == [ids[int(e.answer[1][0]) - 1] for e in phase.examples[:4]]
+    loss_soft, parts = Objective(model, LossConfig(), ids)(batch)
+    assert (parts["kl"] > 0).all()
+    (hard,) = build_phases(frame, TrainSettings())
+    assert all(e.levels is None for e in hard.examples)
+    plain = encode_examples(hard.examples[:4], tokenizer=tok, image_processor=PROC, n_frames=1, video_mode="frames")
+    loss_hard, parts_hard = Objective(model, LossConfig(), None)(plain)
+    assert (parts_hard["kl"] == 0).all() and torch.allclose(parts_hard["ce"], parts["ce"])
+    assert float(loss_soft) > float(loss_hard)
+    with pytest.raises(ValueError, match="label_sigma"):
+        TrainSettings(label_sigma=-1)
+    with pytest.raises(ValueError, match="one length"):
+        TrainSettings(label_sigma=0.5, label_range=(1, 50))
+
+
+def test_soft_targets_are_ordinal_distributions_over_first_tokens():
+    fmt = AnswerFormat("integer", 10, 50)
+    assert [b[0] for b in fmt.first_token_bins()] == ["1", "2", "3", "4", "5"]
+    t = fmt.soft_targets([1.0, 2.5, 3.2, 5.0], 0.3)
+    np.testing.assert_allclose(t.sum(axis=1), 1.0)
+    assert t[0].argmax() == 0 and t[2].argmax() == 2 and t[3, 3:].sum() > 0.99
+    assert t[2, 1] > t[2, 0] and t[2, 3] > t[2, 4]  # the mass falls off with distance
+    wide = fmt.soft_targets([3.2], 1.0)[0]
+    assert wide.max() < t[2].max()  # a wider sigma, a softer label
+    level = AnswerFormat("level").soft_targets([4.0], 0.5)[0]
+    # "good" in the middle; "excellent" also takes the tail beyond the scale's end (z > 3: 0.00135)
+    assert level.argmax() == 3 and level[4] - level[2] == pytest.approx(0.00135, abs=1e-5)
+    with pytest.raises(ValueError, match="> 0"):
+        fmt.soft_targets([3.0], 0.0)
+
+
 def test_transfer_moves_the_vision_encoder_only(frame):
     _, result, _ = _run(frame, method="vital", tuning="encoder", epochs=1)
     target, _ = load_model(TINY_NAME, seed=7)  # "another decoder": other weights, same vision config

@@ -251,6 +251,10 @@ class DemoConfig:
     crops_per_image: int = 3  # non-overlapping tiles per photo (fewer if the photo has fewer)
     distortions: tuple[str, ...] = dist.KINDS  # KADID slugs applied to every crop
     levels: tuple[int, ...] = dist.LEVELS
+    # Levels of each distortion kind per crop (0 = all). Fewer levels on more crops: at the same
+    # number of items, a scorer meets more contents, which is what it must generalise across
+    # (`crop_levels`; docs/pipeline.md, "The embedded default dataset").
+    levels_per_crop: int = 0
     n_video_clips: int = 48  # clips in all, pristine ones included
     video_variants: int = 3  # distorted versions of each source window
     video_frames: int = 12  # frames per pristine clip (frame_drop clips have fewer)
@@ -279,6 +283,11 @@ class DemoConfig:
         if not 16 <= self.crop_size <= 300:
             raise ValueError(
                 f"demo.crop_size must be in [16, 300] (300 = the smallest packaged photo side), got {self.crop_size}"
+            )
+        if not 0 <= self.levels_per_crop <= len(self.levels):
+            raise ValueError(
+                f"demo.levels_per_crop must be in [0, {len(self.levels)}] (0 = every level), "
+                f"got {self.levels_per_crop}"
             )
         if self.crops_per_image < 1:
             raise ValueError(f"demo.crops_per_image must be >= 1, got {self.crops_per_image}")
@@ -347,12 +356,29 @@ def reference_crops(crop_size: int, crops_per_image: int, seed: int) -> list[tup
     return out
 
 
+def crop_levels(
+    crop_index: int, kinds: Sequence[str], levels: Sequence[int], per_crop: int
+) -> dict[str, tuple[int, ...]]:
+    """kind -> the levels crop `crop_index` gets: all of them (`per_crop` 0), or `per_crop` evenly
+    spaced ones, rotated by crop and kind so that across crops every (kind, level) pair is used
+    about equally often and each crop spans the severity range."""
+    n = len(levels)
+    if not per_crop or per_crop >= n:
+        return {kind: tuple(levels) for kind in kinds}
+    out = {}
+    for k, kind in enumerate(kinds):
+        start = crop_index + k
+        picks = sorted({(start + round(j * n / per_crop)) % n for j in range(per_crop)})
+        out[kind] = tuple(levels[i] for i in picks)
+    return out
+
+
 def _save_png(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG", compress_level=1)
 
 
 def _image_task(
-    ref: str, crop: np.ndarray, kinds: Sequence[str], levels: Sequence[int], seed: int, img_dir: str
+    ref: str, crop: np.ndarray, plan: Mapping[str, Sequence[int]], seed: int, img_dir: str
 ) -> list[dict]:
     """Write one reference crop and all its distorted versions; return their label rows."""
     table = load_kadid_table()
@@ -371,7 +397,7 @@ def _image_task(
             kadid_type=PRISTINE,
         )
     ]
-    for kind in kinds:
+    for kind, levels in plan.items():
         for level in levels:
             name = f"{ref}_{kind}_{level}.png"
             _save_png(dist.apply(crop, kind, level, _rng(seed, name)), out_dir / name)
@@ -612,10 +638,9 @@ def build_demo(out_dir: str | Path, **options: Any) -> pd.DataFrame:
         jobs = []
         for source, k, n_windows, variants in plan:  # videos first: the longest tasks
             jobs.append(pool.submit(_video_task, source, k, n_windows, variants, vcfg, str(vid_dir)))
-        for ref, crop in crops:
-            jobs.append(
-                pool.submit(_image_task, ref, crop, cfg.distortions, cfg.levels, cfg.seed, str(img_dir))
-            )
+        for i, (ref, crop) in enumerate(crops):
+            plan_i = crop_levels(i, cfg.distortions, cfg.levels, cfg.levels_per_crop)
+            jobs.append(pool.submit(_image_task, ref, crop, plan_i, cfg.seed, str(img_dir)))
         for job in jobs:
             rows.extend(job.result())
     labels = pd.DataFrame(rows, columns=[c for c in LABEL_COLUMNS if c != "split"])

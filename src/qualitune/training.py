@@ -46,7 +46,7 @@ from qualitune.vlm.forward import (
 )
 from qualitune.vlm.inputs import encode_batch
 from qualitune.vlm.losses import LossConfig, answer_losses, combine, supervised_labels
-from qualitune.vlm.scoring import level_token_ids
+from qualitune.vlm.scoring import first_token_ids
 from qualitune.vlm.tasks import (
     AnswerFormat,
     Example,
@@ -105,6 +105,9 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     seed: int = 42
     max_train_samples: int | None = None
+    # > 0: soft labels on the MOS examples, a KL towards a Gaussian of this width (1-5 scale) over the
+    # answer's first token (`AnswerFormat.soft_targets`), weighted by vital.kl_weight, beside the CE
+    label_sigma: float = 0.0
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     gradient_checkpointing: bool = False
@@ -126,6 +129,10 @@ class TrainSettings:
             raise ValueError("train.batch_size and train.grad_accum must be >= 1")
         if self.epochs < 0 or self.stage1_epochs < 0:
             raise ValueError("train.epochs must be >= 0")
+        if not (isinstance(self.label_sigma, (int, float)) and self.label_sigma >= 0):
+            raise ValueError(f"train.label_sigma must be a number >= 0 (0 = off), got {self.label_sigma!r}")
+        if self.label_sigma > 0:
+            self.fmt.first_token_bins()  # the format supports soft labels, or a clear error now
         if self.projector_lr is not None and not (
             isinstance(self.projector_lr, (int, float))
             and not isinstance(self.projector_lr, bool)
@@ -243,10 +250,10 @@ def build_phases(df: pd.DataFrame, s: TrainSettings) -> list[Phase]:
         df = df.sample(n=min(n, len(df)), random_state=s.seed).sort_index()
     fmt = s.fmt
     if s.method == "iovqa":
-        return [Phase("score", score_examples(df, fmt, target="mos"), s.epochs)]
+        return [Phase("score", score_examples(df, fmt, target="mos", label_sigma=s.label_sigma), s.epochs)]
     if s.method == "vital":
         v = s.vital
-        ex = score_examples(df, fmt, target=v.target, weight=v.score_weight)
+        ex = score_examples(df, fmt, target=v.target, weight=v.score_weight, label_sigma=s.label_sigma)
         if v.compare_weight > 0:
             ex += compare_examples(
                 df,
@@ -486,8 +493,9 @@ def encode_examples(
     batch["weights"] = torch.tensor([e.weight for e in examples], dtype=torch.float32)
     batch["focal_rows"] = torch.tensor([e.task in focal_tasks for e in examples])
     batch["level_rows"] = torch.tensor([e.levels is not None for e in examples])
+    width = max((len(e.levels) for e in examples if e.levels is not None), default=5)
     batch["level_targets"] = torch.tensor(
-        [list(e.levels) if e.levels is not None else [0.0] * 5 for e in examples], dtype=torch.float32
+        [list(e.levels) if e.levels is not None else [0.0] * width for e in examples], dtype=torch.float32
     )
     batch["media_keys"] = ["\n".join(e.media) for e in examples]  # VisionCache keys (not a tensor)
     return batch
@@ -675,7 +683,8 @@ def train(
             model.enable_input_require_grads()
     counts = count_parameters(model)
     log.debug("parameters: %s", counts)
-    level_ids = level_token_ids(tokenizer) if settings.fmt.kind == "level" else None
+    soft = settings.label_sigma > 0
+    level_ids = first_token_ids(tokenizer, settings.fmt) if settings.fmt.kind == "level" or soft else None
     loss_cfg = LossConfig(
         loss_on=settings.loss_on,
         kl_weight=settings.vital.kl_weight,

@@ -325,6 +325,26 @@ def level_token_ids(tokenizer: PreTrainedTokenizerBase, leading_space: bool = Tr
     return ids
 
 
+def first_token_ids(tokenizer: PreTrainedTokenizerBase, fmt) -> list[int]:
+    """The token of each `fmt.first_token_bins()` bin, in order: what a soft label's KL is taken
+    over. Every valid value must start with its bin's token, and the bins' tokens must differ."""
+    if fmt.kind == "level":
+        return level_token_ids(tokenizer)
+    ids = []
+    for text, lo, hi in fmt.first_token_bins():
+        toks = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids.append(toks[0] if len(toks) == 1 else None)
+    values = {t: tokenizer(t, add_special_tokens=False)["input_ids"][0] for t, _ in fmt.candidates()}
+    firsts = {t[0]: i for t, i in values.items()}
+    bins = [b[0] for b in fmt.first_token_bins()]
+    if None in ids or len(set(ids)) != len(ids) or any(firsts[b] != i for b, i in zip(bins, ids, strict=True)):
+        raise ValueError(
+            f"soft labels need each leading character {bins} to be one token that starts every value "
+            f"it leads; this tokenizer splits them otherwise ({ids}): set train.label_sigma to 0"
+        )
+    return ids
+
+
 @torch.no_grad()
 def level_scores(
     model: torch.nn.Module,

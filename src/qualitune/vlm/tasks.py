@@ -83,6 +83,43 @@ class AnswerFormat:
             return to_decimal_text(m)
         return [" " + LEVEL_WORDS[i] for i in level_of(m)]
 
+    def first_token_bins(self) -> list[tuple[str, float, float]]:
+        """`(text, lowest, highest)` per first token of the valid values, in scale order: the five
+        level words, or the leading digits of integers/decimals ("3" covers 30-39 on [10, 50]).
+
+        The first token decides most of an answer's value; a soft label (`soft_targets`) is a
+        distribution over these bins. Integers must all have the same number of digits, else a
+        leading "1" would mean both 1 and 10-19."""
+        if self.kind == "integer" and len(str(self.lo)) != len(str(self.hi)):
+            raise ValueError(
+                f"soft labels over the first digit need integers of one length; [{self.lo}, {self.hi}] "
+                "mixes digit counts: use e.g. [10, 50] or [1, 9]"
+            )
+        bins: dict[str, list[float]] = {}
+        for text, value in self.candidates():
+            key = text if self.kind == "level" else text[0]
+            bins.setdefault(key, []).append(value)
+        return [(key, min(v), max(v)) for key, v in bins.items()]
+
+    def soft_targets(self, mos_norm: Sequence[float], sigma: float) -> np.ndarray:
+        """`(N, K)`: a Gaussian of width `sigma` (on the 1-5 scale) around each MOS, integrated over
+        the `first_token_bins` (the mass beyond either end goes to the end bins). Soft labels give
+        every answer token an ordinal gradient (a "3" for a 4 costs less than a "1"), where a hard
+        digit target is right or wrong."""
+        from scipy.special import ndtr
+
+        if not sigma > 0:
+            raise ValueError(f"the soft-label width must be > 0, got {sigma}")
+        lo, hi = self.scale
+        unit = (hi - lo) / (NORM_MAX - NORM_MIN)
+        half = {"integer": 0.5, "decimal": 0.05, "level": 0.5}[self.kind]
+        x = lo + (np.asarray(mos_norm, dtype=np.float64) - NORM_MIN) * unit
+        bins = self.first_token_bins()
+        edges = np.array([b[1] - half for b in bins[1:]], dtype=np.float64)
+        cdf = ndtr((edges[None, :] - x[:, None]) / (sigma * unit))
+        cdf = np.concatenate([np.zeros((len(x), 1)), cdf, np.ones((len(x), 1))], axis=1)
+        return np.diff(cdf, axis=1)
+
     def answer(self, value: str) -> tuple[str, str, str]:
         return (self.prefix, value, self.suffix)
 
@@ -175,10 +212,17 @@ PMOD_COLUMNS = [f"pmod_p{i}" for i in range(1, 6)]
 
 
 def score_examples(
-    df: pd.DataFrame, fmt: AnswerFormat, *, target: Literal["mos", "pmod"] = "mos", weight: float = 1.0
+    df: pd.DataFrame,
+    fmt: AnswerFormat,
+    *,
+    target: Literal["mos", "pmod"] = "mos",
+    weight: float = 1.0,
+    label_sigma: float = 0.0,
 ) -> list[Example]:
     """Media -> quality answer. `target="pmod"` trains on the machine opinion (VITAL's pretraining:
-    value from the PMOD mean, KL towards the PMOD); "mos" on human labels (IOVQA)."""
+    value from the PMOD mean, KL towards the PMOD); "mos" on human labels (IOVQA). `label_sigma` > 0
+    with `target="mos"` adds a soft label: a KL towards `fmt.soft_targets` over the answer's first
+    token (`levels`), beside the CE on the value."""
     cols = ["item_id", "path", "media", "mos_norm"] + (
         ["pmod_mean", *PMOD_COLUMNS] if target == "pmod" else []
     )
@@ -188,9 +232,16 @@ def score_examples(
         raise ValueError(f"{int(source.isna().sum())} items have no {target} value; fix or exclude them")
     values = fmt.values(source.to_numpy())
     levels = df[PMOD_COLUMNS].to_numpy(dtype=np.float64) if "pmod_p1" in df.columns else None
+    soft = label_sigma > 0 and target == "mos"
+    if soft:
+        levels = fmt.soft_targets(source.to_numpy(), label_sigma)
     out = []
     for i, row in enumerate(df.itertuples(index=False)):
-        lv = tuple(float(x) for x in levels[i]) if levels is not None and fmt.kind == "level" else None
+        lv = (
+            tuple(float(x) for x in levels[i])
+            if levels is not None and (soft or fmt.kind == "level")
+            else None
+        )
         out.append(
             Example(
                 "score",
