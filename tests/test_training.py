@@ -211,7 +211,9 @@ def test_soft_labels_put_a_kl_on_the_first_digit(frame):
     assert (parts["kl"] > 0).all()
     (hard,) = build_phases(frame, TrainSettings())
     assert all(e.levels is None for e in hard.examples)
-    plain = encode_examples(hard.examples[:4], tokenizer=tok, image_processor=PROC, n_frames=1, video_mode="frames")
+    plain = encode_examples(
+        hard.examples[:4], tokenizer=tok, image_processor=PROC, n_frames=1, video_mode="frames"
+    )
     loss_hard, parts_hard = Objective(model, LossConfig(), None)(plain)
     assert (parts_hard["kl"] == 0).all() and torch.allclose(parts_hard["ce"], parts["ce"])
     assert float(loss_soft) > float(loss_hard)

@@ -330,14 +330,18 @@ def first_token_ids(tokenizer: PreTrainedTokenizerBase, fmt) -> list[int]:
     over. Every valid value must start with its bin's token, and the bins' tokens must differ."""
     if fmt.kind == "level":
         return level_token_ids(tokenizer)
+    bins = [text for text, _, _ in fmt.first_token_bins()]
     ids = []
-    for text, lo, hi in fmt.first_token_bins():
+    for text in bins:
         toks = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids.append(toks[0] if len(toks) == 1 else None)
     values = {t: tokenizer(t, add_special_tokens=False)["input_ids"][0] for t, _ in fmt.candidates()}
     firsts = {t[0]: i for t, i in values.items()}
-    bins = [b[0] for b in fmt.first_token_bins()]
-    if None in ids or len(set(ids)) != len(ids) or any(firsts[b] != i for b, i in zip(bins, ids, strict=True)):
+    if (
+        None in ids
+        or len(set(ids)) != len(ids)
+        or any(firsts[b] != i for b, i in zip(bins, ids, strict=True))
+    ):
         raise ValueError(
             f"soft labels need each leading character {bins} to be one token that starts every value "
             f"it leads; this tokenizer splits them otherwise ({ids}): set train.label_sigma to 0"
