@@ -82,11 +82,13 @@ class Tally:
     counts: Counter = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    outcomes: dict[str, tuple[str, str]] = field(default_factory=dict)  # case -> (outcome, reason)
 
     def add(self, case: str, outcome: str, expect: str | None = None, why: str = "") -> None:
         assert outcome in OUTCOMES, outcome
         self.cases += 1
         self.counts[outcome] += 1
+        self.outcomes[case] = (outcome, why)
         if expect is not None and outcome != expect:
             self.unexpected.append(f"{case}: {outcome}, expected {expect} ({why[:160]})")
 
@@ -366,7 +368,7 @@ def _tally_rows(tally: Tally, muts: list[Mutant], rows: dict[str, tuple[bool, st
             continue
         scored, reason = rows[m.name]
         outside_reads += int(scored and m.outside)
-        tally.add(f"{m.family}:{m.name}", _outcome(m, scored, reason), m.expect, reason)
+        tally.add(m.name, _outcome(m, scored, reason), m.expect, reason)
     tally.extra["outside_reads"] = outside_reads
 
 
@@ -871,10 +873,11 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
 
     Shed requests (503) must carry Retry-After; an admitted valid request must get a score for every
     image; invalid ones a 400, oversized ones a 413 (or the connection closed after it). A client
-    waits 20 ms after a 503 (as a client honouring Retry-After would, shortened). RSS is read from
-    /proc after a sequential warm-up (every batch size, an invalid and an oversized request), at the
-    middle and at the end of the run; latencies of the first and the second half are reported apart,
-    so a server that slows down as it runs shows it."""
+    waits 20 ms after a 503 (as a client honouring Retry-After would, shortened). A warm-up of the
+    same mix (a fifth as many requests, at least 20; its answers are checked too) comes first: the
+    first requests of each batch size grow the allocator's arenas and the server's thread pool once.
+    RSS is read from /proc after it, at the middle and at the end of the run; latencies of the first
+    and the second half are reported apart, so a server that slows down as it runs shows it."""
     rng = np.random.default_rng(seed)
     imgs = []
     for i in range(8):
@@ -904,35 +907,28 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
             conn.close()
             return http.client.HTTPConnection("127.0.0.1", port, timeout=120), None, b"", None
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    for i, kind in enumerate(["valid"] * 8 + ["invalid", "oversized"] * 2):
-        conn, status, _, _ = send(conn, kind, i)
-        if status == 413:
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    conn.close()
-    rss = {"warm": _rss_mb(pid)}
-
-    todo = list(range(n_requests))
+    n_warm = max(20, n_requests // 5)
+    kinds = np.concatenate([np.resize(["valid"] * 8 + ["invalid", "oversized"], n_warm), kinds])
     lock = threading.Lock()
     stats = Counter()
     lat_ms: list[tuple[int, float]] = []
+    rss: dict[str, float] = {}
 
-    def worker() -> None:
+    def worker(todo: list[int]) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         while True:
             with lock:
                 if not todo:
                     break
                 i = todo.pop(0)
-                if i == n_requests // 2:
+                if i == n_warm + n_requests // 2:
                     rss["mid"] = _rss_mb(pid)
             kind = str(kinds[i])
             t0 = time.perf_counter()
             conn, status, payload, retry = send(conn, kind, i)
             dt = (time.perf_counter() - t0) * 1000
             with lock:
-                stats["requests"] += 1
+                stats["requests"] += int(i >= n_warm)
                 if status == 503:
                     stats["shed_503"] += 1
                     stats["shed_without_retry_after"] += int(not retry)
@@ -942,8 +938,8 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
                     )
                     stats["admitted_valid"] += 1
                     stats["admitted_errors"] += int(not ok)
-                    if ok:
-                        lat_ms.append((i, dt))
+                    if ok and i >= n_warm:
+                        lat_ms.append((i - n_warm, dt))
                 elif kind == "invalid":
                     stats["invalid_misanswered"] += int(status != 400)
                 else:
@@ -955,13 +951,18 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
                 time.sleep(0.02)
         conn.close()
 
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    def phase(todo: list[int]) -> float:
+        threads = [threading.Thread(target=worker, args=(todo,)) for _ in range(concurrency)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0
+
+    phase(list(range(n_warm)))  # warm-up: the same mix and concurrency, counted but not timed
+    rss["warm"] = _rss_mb(pid)
+    wall = phase(list(range(n_warm, n_warm + n_requests)))
     rss["end"] = _rss_mb(pid)
 
     def pct(values: list[float], q: float) -> float:
@@ -972,6 +973,7 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
     second = [d for i, d in lat_ms if i >= n_requests // 2]
     return {
         "requests": int(stats["requests"]),
+        "warm_up_requests": n_warm,
         "concurrency": concurrency,
         "max_pending": 2,
         "admitted_valid": int(stats["admitted_valid"]),
