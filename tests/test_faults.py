@@ -1,8 +1,10 @@
-"""Fault injection (#20): a full disk while a checkpoint or the scorer folder is written.
+"""Fault injection (#20): a full disk while a checkpoint or the scorer folder is written, and an
+MLflow tracking server that fails in the middle of a training run.
 
 The write is made to fail the way a full disk fails it (`OSError(ENOSPC)` from the writer, part of
 the files already written), through the real functions. What must hold: the error reaches the
-caller, and the previous checkpoint / scorer is still complete and loads.
+caller, and the previous checkpoint / scorer is still complete and loads. The tracking server's
+failure is MLflow's own client raising, as it does when the server refuses a request.
 """
 
 from __future__ import annotations
@@ -84,3 +86,51 @@ def test_disk_full_while_writing_the_scorer_keeps_the_previous_scorer(tmp_path, 
     assert json.loads((out / scorer_mod.SPEC_FILE).read_text())["max_pixels"] == 56 * 56
     loaded = scorer_mod.Scorer.load(out, device="cpu")
     assert loaded.spec.max_pixels == 56 * 56
+
+
+@pytest.mark.slow  # two tiny training runs and a fresh MLflow database: ~30 s on 2 cores
+def test_mlflow_failing_mid_run_keeps_the_outputs_fails_clearly_and_a_rerun_logs(
+    tmp_path, monkeypatch, capsys
+):
+    """Fault injection (#20 a): the tracking server accepts the run and its params, then refuses
+    every metric. Training goes on; the scorer, its metrics and the checkpoints stay on disk; the
+    stage fails with a message naming them and the server; once the server is back, a rerun
+    resumes from the checkpoints and logs a FINISHED run."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from qualitune.stages import train as train_stage
+    from test_train_stage import _project
+
+    project = _project(tmp_path / "project", epochs=1, checkpoint_every=2)
+    monkeypatch.chdir(project)
+    real = MlflowClient.log_batch
+
+    def refused(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
+        if metrics:
+            raise MlflowException(
+                "API request to http://tracking:5000/api/2.0/mlflow/runs/log-batch failed: Connection refused"
+            )
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, synchronous=synchronous)
+
+    with monkeypatch.context() as m:
+        m.setattr(MlflowClient, "log_batch", refused)
+        assert train_stage.main(["--params", "params.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "training finished and its outputs are on disk" in err and "Connection refused" in err
+    assert "resumes from the checkpoints kept in" in err
+    assert (project / "models/scorer/qualitune_scorer.json").is_file()
+    assert json.loads((project / "reports/train_metrics.json").read_text())["val"]["expected"]["n"] == 8
+    assert any(p.is_dir() for p in (project / "models/checkpoints").glob("*/ckpt-*"))
+    client = MlflowClient(tracking_uri="sqlite:///mlflow.db")
+    (failed,) = client.search_runs([client.get_experiment_by_name("qualitune").experiment_id])
+    assert failed.info.status == "FAILED"
+
+    assert train_stage.main(["--params", "params.yaml"]) == 0  # the server is back
+    metrics = json.loads((project / "reports/train_metrics.json").read_text())
+    assert metrics["train"]["resumed_from_micro_step"] > 0
+    runs = client.search_runs(
+        [client.get_experiment_by_name("qualitune").experiment_id], "status = 'FINISHED'"
+    )
+    assert len(runs) == 1 and "val.expected.srcc" in runs[0].data.metrics
+    assert not any((project / "models/checkpoints").glob("*/ckpt-*"))
