@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
 from qualitune import scorer as scorer_mod
 from qualitune import training
 from vlm_factory import tiny_scorer_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class _OneProcess:
@@ -134,3 +145,86 @@ def test_mlflow_failing_mid_run_keeps_the_outputs_fails_clearly_and_a_rerun_logs
     )
     assert len(runs) == 1 and "val.expected.srcc" in runs[0].data.metrics
     assert not any((project / "models/checkpoints").glob("*/ckpt-*"))
+
+
+def _register(project: Path, scorer: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qualitune.cli",
+            "register",
+            "--params",
+            "params.yaml",
+            "--scorer",
+            str(scorer),
+        ],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow  # a handful of `qualitune register` subprocesses: ~3 min on 2 cores
+def test_sigkill_at_random_points_of_register_leaves_the_champion_old_or_new(tmp_path):
+    """Fault injection (#20 c): `qualitune register` killed with SIGKILL at seeded random times
+    (from 0 to the length of a full run). After each kill the `champion` alias exists and names a
+    version whose scorer downloads and loads: the old one, or a new one logged in full. A last,
+    undisturbed run then registers and promotes as usual."""
+    import mlflow
+
+    from qualitune.manifest import write_manifest
+    from qualitune.registry import download_scorer
+    from qualitune.scorer import ScorerSpec
+    from test_registry import DVC_LOCK, MANIFEST_COLUMNS, _git, _media
+
+    train_rows, val_rows = _media(tmp_path / "media")
+    # the same untrained scorer six times: equal finals, and a tie promotes, so every completed run
+    # moves the alias (a new version each time)
+    scorers = [tiny_scorer_dir(tmp_path / f"scorer{i}") for i in range(6)]
+    project = tmp_path / "project"
+    project.mkdir()
+    manifest = pd.DataFrame(train_rows + val_rows).assign(mos=lambda d: d["mos_norm"], **MANIFEST_COLUMNS)
+    write_manifest(manifest, project / "data" / "pmod.parquet")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"].update(out=str(scorers[0]), data="data/pmod.parquet")
+    params["mlflow"] = {"tracking_uri": "sqlite:///mlflow.db", "experiment": "qualitune", "enabled": True}
+    params["register"] = {"min_final": -1.0, "margin": 0.0, "mode": "expected", "batch_size": 4}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    (project / "dvc.lock").write_text(DVC_LOCK)
+    _git(project, "init", "-q")
+    _git(project, "add", "params.yaml", "dvc.lock")
+    _git(project, "commit", "-q", "-m", "init")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "QUALITUNE_MODEL_CACHE": str(tmp_path / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    t0 = time.monotonic()
+    first = _register(project, scorers[0], env)
+    out, _ = first.communicate(timeout=600)
+    full = time.monotonic() - t0
+    assert first.returncode == 0, out
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def champion() -> str:
+        return str(client.get_registered_model("qualitune").aliases["champion"])
+
+    history = [champion()]
+    rng = np.random.default_rng(0)
+    for k, scorer in enumerate(scorers[1:-1]):
+        proc = _register(project, scorer, env)
+        time.sleep(float(rng.uniform(0.2, 1.0)) * full)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        now = champion()
+        versions = {str(v.version) for v in client.search_model_versions("name='qualitune'")}
+        assert now == history[-1] or (now in versions and int(now) > int(history[-1])), (k, now, history)
+        ScorerSpec.read(download_scorer("models:/qualitune@champion", tracking_uri=uri))  # complete
+        history.append(now)
+    last = _register(project, scorers[-1], env)
+    out, _ = last.communicate(timeout=600)
+    assert last.returncode == 0, out
+    assert int(champion()) > int(history[-1])
+    ScorerSpec.read(download_scorer("models:/qualitune@champion", tracking_uri=uri))
