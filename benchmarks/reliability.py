@@ -24,11 +24,15 @@ Categories (`--quick` runs each at a small size, ≤ 5 min on 2 cores):
   outside the scale, mixed encodings, a BOM, empty files, many rows) through every ingest adapter
   (`qualitune.ingest.FORMATS`) and the gate: a clear error or quarantined rows, never a shorter
   manifest and never a bad row passed as valid.
+- `faults`: the fault-injection tests (tests/test_faults.py, and the retraining flow on data the
+  gate refuses), one case each: a full disk while a checkpoint or the scorer is written, MLflow
+  failing mid-run, SIGKILL at random points of `register`, two `dvc repro` at once (the slow ones in
+  the full run only).
 - `soak`: `qualitune serve` on loopback with `serve.max_pending` 2 and more client threads than
   that, a mix of valid, invalid and oversized requests: admitted valid requests must all get scores,
   every shed request a 503 with Retry-After; RSS growth after warm-up and latency percentiles.
 
-    python benchmarks/reliability.py [--quick] [--seed N] [--only media,labels,soak] [--out FILE]
+    python benchmarks/reliability.py [--quick] [--seed N] [--only media,labels,soak,faults] [--out FILE]
 
 Prints a table, then one JSON object on the last line (also written to `--out`).
 """
@@ -874,7 +878,7 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
     Shed requests (503) must carry Retry-After; an admitted valid request must get a score for every
     image; invalid ones a 400, oversized ones a 413 (or the connection closed after it). A client
     waits 20 ms after a 503 (as a client honouring Retry-After would, shortened). A warm-up of the
-    same mix (a fifth as many requests, at least 20; its answers are checked too) comes first: the
+    same mix (a fifth as many requests, at least 60; its answers are checked too) comes first: the
     first requests of each batch size grow the allocator's arenas and the server's thread pool once.
     RSS is read from /proc after it, at the middle and at the end of the run; latencies of the first
     and the second half are reported apart, so a server that slows down as it runs shows it."""
@@ -907,10 +911,10 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
             conn.close()
             return http.client.HTTPConnection("127.0.0.1", port, timeout=120), None, b"", None
 
-    n_warm = max(20, n_requests // 5)
+    n_warm = max(60, n_requests // 5)
     kinds = np.concatenate([np.resize(["valid"] * 8 + ["invalid", "oversized"], n_warm), kinds])
     lock = threading.Lock()
-    stats = Counter()
+    stats, warm = Counter(), Counter()
     lat_ms: list[tuple[int, float]] = []
     rss: dict[str, float] = {}
 
@@ -928,22 +932,23 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
             conn, status, payload, retry = send(conn, kind, i)
             dt = (time.perf_counter() - t0) * 1000
             with lock:
-                stats["requests"] += int(i >= n_warm)
+                c = stats if i >= n_warm else warm  # the warm-up's answers are checked, counted apart
+                c["requests"] += 1
                 if status == 503:
-                    stats["shed_503"] += 1
-                    stats["shed_without_retry_after"] += int(not retry)
+                    c["shed_503"] += 1
+                    c["shed_without_retry_after"] += int(not retry)
                 elif kind == "valid":
                     ok = status == 200 and all(
                         p.get("score") is not None for p in json.loads(payload)["predictions"]
                     )
-                    stats["admitted_valid"] += 1
-                    stats["admitted_errors"] += int(not ok)
+                    c["admitted_valid"] += 1
+                    c["admitted_errors"] += int(not ok)
                     if ok and i >= n_warm:
                         lat_ms.append((i - n_warm, dt))
                 elif kind == "invalid":
-                    stats["invalid_misanswered"] += int(status != 400)
+                    c["invalid_misanswered"] += int(status != 400)
                 else:
-                    stats["oversized_misanswered"] += int(status not in (413, None))
+                    c["oversized_misanswered"] += int(status not in (413, None))
             if status == 413:  # the server closes the connection after refusing a body
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
@@ -974,6 +979,12 @@ def soak(port: int, pid: int, n_requests: int, concurrency: int, max_request_mb:
     return {
         "requests": int(stats["requests"]),
         "warm_up_requests": n_warm,
+        "warm_up_errors": int(
+            warm["admitted_errors"]
+            + warm["shed_without_retry_after"]
+            + warm["invalid_misanswered"]
+            + warm["oversized_misanswered"]
+        ),
         "concurrency": concurrency,
         "max_pending": 2,
         "admitted_valid": int(stats["admitted_valid"]),
@@ -1021,6 +1032,48 @@ def serve_params(folder: Path, max_request_mb: float) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Fault injection
+
+# The fault-injection tests (a full disk, MLflow failing mid-run, SIGKILL in `register`, a refused
+# data gate in the retraining flow, two `dvc repro` at once): run, not copied, and counted here. The
+# slow ones (MLflow mid-run, SIGKILL) run in the full run only.
+FAULT_TESTS = (
+    "tests/test_faults.py",
+    "tests/test_retrain.py::test_new_data_failing_the_gate_trains_nothing_and_says_why",
+)
+
+
+def fault_injection(tmp: Path, quick: bool) -> Tally:
+    """Each fault-injection test is a case: `scored` when what must hold after the fault held."""
+    import xml.etree.ElementTree as ET
+
+    xml = tmp / "faults.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
+    cmd += ["-m", "not slow" if quick else "", *FAULT_TESTS]
+    tally = Tally()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        tally.add("fault-injection tests", "hung", "scored", "over 30 min")
+        return tally
+    if not xml.is_file():
+        tally.add("fault-injection tests", "crashed", "scored", proc.stdout[-300:] + proc.stderr[-300:])
+        return tally
+    for case in ET.parse(xml).iter("testcase"):
+        name = case.get("name", "?")
+        if case.find("skipped") is not None:
+            continue
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")
+        tally.add(
+            name,
+            "crashed" if bad is not None else "scored",
+            "scored",
+            "" if bad is None else bad.get("message", ""),
+        )
+    return tally
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The run
 
 
@@ -1063,6 +1116,8 @@ def run(quick: bool, seed: int, only: set[str], tmp: Path) -> dict:
             stop_server(proc)
     if "labels" in only:
         result["labels"] = fuzz_labels(tmp / "labels", make_label_cases(n_rows, big_rows)).as_dict()
+    if "faults" in only:
+        result["faults"] = fault_injection(tmp, quick).as_dict()
     result["peak_rss_mb_self"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return result
 
@@ -1096,12 +1151,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (≤ 5 min on 2 cores)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", default="media,labels,soak", help="comma-separated: media, labels, soak")
+    ap.add_argument(
+        "--only", default="media,labels,soak,faults", help="comma-separated: media, labels, soak, faults"
+    )
     ap.add_argument("--out", default=None, help="also write the JSON here (e.g. reports/reliability.json)")
     args = ap.parse_args(argv)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    if only - {"media", "labels", "soak"}:
-        ap.error(f"--only takes media, labels, soak; got {sorted(only)}")
+    if only - {"media", "labels", "soak", "faults"}:
+        ap.error(f"--only takes media, labels, soak, faults; got {sorted(only)}")
     logging.getLogger("qualitune").setLevel(
         logging.ERROR
     )  # the tallies are the report, not one line per input

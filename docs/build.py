@@ -296,6 +296,7 @@ RELIABILITY_ROWS = (  # category -> what went through what
     ("media_score", "media mutants: `qualitune score DIR --out`"),
     ("media_serve", "media mutants: `qualitune serve` (one row a request)"),
     ("labels", "malformed label files: every adapter + the gate"),
+    ("faults", "injected faults (one test each, see below)"),
 )
 
 

@@ -138,7 +138,7 @@ def test_label_files_through_every_adapter(tmp_path):
     rng = np.random.default_rng(0)
     core = [c for c in cases if c.name.split(":")[1] in ("clean", "bad_mos")]
     rest = [c for c in cases if c not in core]
-    sample = core + [rest[i] for i in rng.choice(len(rest), size=8, replace=False)]
+    sample = core + [rest[i] for i in rng.choice(len(rest), size=4, replace=False)]
     tally = R.fuzz_labels(tmp_path, sample)
     d = _clean(tally)
     assert d["rows_lost"] == 0
