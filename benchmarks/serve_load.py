@@ -78,8 +78,10 @@ def get(host: str, port: int, path: str, timeout: float = 5.0) -> int | None:
         return None
 
 
-def start_server(model: str, log_path: Path, timeout: float) -> tuple[subprocess.Popen, int]:
-    """`qualitune serve` on a free loopback port; returns once /ping answers 200."""
+def start_server(
+    model: str, log_path: Path, timeout: float, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, int]:
+    """`qualitune serve` on a free loopback port (plus `extra` flags); returns once /ping answers 200."""
     log_fh = open(log_path, "wb")  # kept open for the server's lifetime
     proc = subprocess.Popen(
         [
@@ -93,6 +95,7 @@ def start_server(model: str, log_path: Path, timeout: float) -> tuple[subprocess
             "127.0.0.1",
             "--port",
             "0",
+            *(extra or []),
         ],
         stdout=log_fh,
         stderr=subprocess.STDOUT,

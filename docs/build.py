@@ -290,6 +290,64 @@ def data_metrics(root: Path) -> list[str]:
     return [*table(header, rows), "", footer(*(rel for _, rel in runs))]
 
 
+RELIABILITY_ROWS = (  # category -> what went through what
+    ("media_validate", "media mutants: `ingest` + the GX gate"),
+    ("media_annotate", "media mutants: `qualitune annotate DIR`"),
+    ("media_score", "media mutants: `qualitune score DIR --out`"),
+    ("media_serve", "media mutants: `qualitune serve` (one row a request)"),
+    ("labels", "malformed label files: every adapter + the gate"),
+    ("faults", "injected faults (one test each, see below)"),
+)
+
+
+def reliability(root: Path) -> list[str]:
+    """benchmarks/reliability.py's figures: outcomes per category, then the soak."""
+    rel = "reports/reliability.json"
+    r = load(root, rel)
+    outcomes = ("scored", "reported", "crashed", "hung", "lost")
+    rows = [
+        [what, count(r[key]["cases"]), *(count(r[key][o]) for o in outcomes), count(r[key]["unexpected"])]
+        for key, what in RELIABILITY_ROWS
+        if key in r
+    ]
+    lines = table(["inputs", "cases", *outcomes, "known outcome missed"], rows)
+    if "soak" in r:
+        s = r["soak"]
+        lines += [
+            "",
+            *table(
+                ["soak", "value"],
+                [
+                    [
+                        "requests (after a warm-up of " + count(s["warm_up_requests"]) + ")",
+                        count(s["requests"]),
+                    ],
+                    ["client threads / `serve.max_pending`", f"{s['concurrency']} / {s['max_pending']}"],
+                    ["admitted valid requests", count(s["admitted_valid"])],
+                    ["errors on admitted valid requests", count(s["admitted_errors"])],
+                    ["shed (503)", count(s["shed_503"])],
+                    ["shed without Retry-After", count(s["shed_without_retry_after"])],
+                    [
+                        "invalid / oversized answered otherwise than 400 / 413",
+                        f"{s['invalid_misanswered']} / {s['oversized_misanswered']}",
+                    ],
+                    [
+                        "server RSS after warm-up, middle, end (MB)",
+                        f"{s['rss_warm_mb']}, {s['rss_mid_mb']}, {s['rss_end_mb']}",
+                    ],
+                    ["RSS growth (MB; bound)", f"{s['rss_growth_mb']} ({s['rss_bound_mb']})"],
+                    ["latency p50 / p95 (ms)", f"{s['p50_ms']} / {s['p95_ms']}"],
+                    [
+                        "p50 first half / second half (ms)",
+                        f"{s['p50_first_half_ms']} / {s['p50_second_half_ms']}",
+                    ],
+                ],
+            ),
+        ]
+    size = "`--quick`" if r.get("quick") else "full size"
+    return [*lines, "", footer(rel, note=f"{size}, seed {r.get('seed')}, {r.get('wall_s')} s")]
+
+
 # name -> (renderer, the command that writes its metrics)
 BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "demo-results": (demo_results, "make demo"),
@@ -297,6 +355,7 @@ BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "pretrain-on-off": (pretrain_on_off, "make real-data SET=train.pretrain.enabled=false"),
     "ablation": (ablation, "python benchmarks/real_data_ablation.py"),
     "data-metrics": (data_metrics, "make demo"),
+    "reliability": (reliability, "python benchmarks/reliability.py --out reports/reliability.json"),
 }
 
 

@@ -176,3 +176,25 @@ def test_cli_missing_path_is_an_error_not_a_row(tmp_path: Path, capsys) -> None:
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "1 path(s) not found" in err and "no/such/dir" in err
+
+
+def test_cli_reports_links_out_of_the_folder_without_reading_them(tmp_path: Path, capsys) -> None:
+    """Found by benchmarks/reliability.py: `annotate DIR` followed a symlink in DIR to a file
+    elsewhere. It is now a row with the reason, and the file is never opened."""
+    from qualitune.cli import main
+
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(folder / "in.png")
+    Image.fromarray(np.full((32, 32, 3), 30, np.uint8)).save(elsewhere / "secret.png")
+    (folder / "link.png").symlink_to(elsewhere / "secret.png")
+    (folder / "inner.png").symlink_to(folder / "in.png")  # a link inside the folder is fine
+    out = tmp_path / "scores.csv"
+    rc = main(["annotate", str(folder), "--annotators", "contrast", "--out", str(out), "--workers", "1"])
+    df = pd.read_csv(out, keep_default_na=False).set_index("path")
+    assert rc == 1 and len(df) == 3
+    assert df.loc[str(folder / "in.png"), "error"] == "" and df.loc[str(folder / "inner.png"), "error"] == ""
+    row = df.loc[str(folder / "link.png")]
+    assert "outside the folder being read" in row["error"] and row["contrast"] == ""
+    assert "1 with errors" in capsys.readouterr().out

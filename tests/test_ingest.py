@@ -514,3 +514,53 @@ ingest:
     df = read_manifest("data/manifest.parquet")
     assert df["path"].iloc[1] == "data/raw/demo/images/b.png"
     assert manifest_metadata("data/manifest.parquet")["dataset"] == "demo"
+
+
+# ---------------------------------------------------------------------------------------------- #20 fuzzing
+
+
+def test_files_outside_the_root_are_kept_with_a_reason_and_never_read(tmp_path, monkeypatch):
+    """Found by benchmarks/reliability.py: a label name with `..`, an absolute name elsewhere or a
+    symlink out of the dataset folder made the gate read (and pass) a file that is not the dataset's."""
+    from qualitune import validate
+
+    root, elsewhere = tmp_path / "ds", tmp_path / "elsewhere"
+    _image(root / "images" / "in.png", seed=1)
+    secret = _image(elsewhere / "secret.png", seed=2)
+    (root / "images" / "link.png").symlink_to(secret)
+    # a DVC checkout with cache.type symlink links every file into .dvc/cache: that stays allowed
+    cached = tmp_path / ".dvc" / "cache" / "files" / "md5" / "ab" / "cdef"  # DVC's names have no extension
+    _image(cached.with_suffix(".png"), seed=3).rename(cached)
+    (root / "images" / "cached.png").symlink_to(cached)
+    names = ["in.png", "link.png", "cached.png", "../../elsewhere/secret.png", str(secret)]
+    pd.DataFrame({"name": names, "mos": [1, 2, 3, 4, 5]}).to_csv(root / "labels.csv", index=False)
+    manifest = ingest("csv", root, scale=(1, 5))
+    assert len(manifest) == 5 and manifest.attrs["qualitune"]["counts"]["outside_root"] == 3
+    d = _by_name(manifest)
+    assert d.loc["in.png", "path_error"] == "" and d.loc["cached.png", "path_error"] == ""
+    for name in names[1:2] + names[3:]:
+        assert "outside the folder being read" in d.loc[name, "path_error"]
+    opened: list[str] = []
+    real = validate.check_files
+    monkeypatch.setattr(
+        validate, "check_files", lambda paths, *a, **k: (opened.extend(paths), real(paths, *a, **k))[1]
+    )
+    outcome = validate.validate_manifest(manifest, workers=1, render_html=False)
+    assert sorted(outcome.valid["item_id"]) == ["ds/cached.png", "ds/in.png"]
+    assert len(outcome.quarantine) == 3 and outcome.quarantine["reason"].str.contains("outside").all()
+    assert not any("secret" in p or "link" in p for p in opened), opened
+
+
+@pytest.mark.parametrize("fmt", ["csv", "biq2021"])
+def test_a_label_file_with_only_a_header_is_an_error(tmp_path, fmt):
+    """Found by the label fuzzing: a header-only file gave an empty manifest (csv) or, for BIQ2021,
+    a manifest of the test file alone, without a word."""
+    if fmt == "csv":
+        (tmp_path / "labels.csv").write_text("name,mos\n")
+        with pytest.raises(ValueError, match="has no rows"):
+            ingest("csv", tmp_path, scale=(1, 5))
+        return
+    (tmp_path / "Train (Images and MOS).csv").write_text("Image Name,MOS\n")
+    (tmp_path / "Test (Images and MOS).csv").write_text("Image Name,MOS\na.jpg,0.5\n")
+    with pytest.raises(ValueError, match=r"Train \(Images and MOS\)\.csv: the labels file has no rows"):
+        ingest("biq2021", tmp_path)

@@ -472,6 +472,20 @@ def test_download_scorer_caches_versions_and_explains_bad_references(world, flow
         download_scorer("models:/qualitune/99")
 
 
+def test_download_scorer_reads_the_registry_it_is_given_from_any_folder(world, flows, tmp_path, monkeypatch):
+    """Found by the SIGKILL test of `register` (#20): with an explicit `tracking_uri`, the download
+    still resolved the version's source through MLflow's global URI, i.e. ./mlflow.db of the working
+    folder, which it created empty and then failed on ("Registered Model ... not found")."""
+    from qualitune.registry import download_scorer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("QUALITUNE_MODEL_CACHE", str(tmp_path / "cache"))  # nothing cached: a real download
+    local = download_scorer("models:/qualitune@champion", tracking_uri=world["uri"])
+    assert (local / "qualitune_scorer.json").is_file()
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 @pytest.fixture(scope="module")
 def good_scorer(world):
     from qualitune.scorer import Scorer

@@ -300,6 +300,26 @@ def test_a_failing_stage_is_not_retried_and_its_changes_are_reported_again(runs,
     assert (project / "data/manifest.parquet").is_file()
 
 
+def test_new_data_failing_the_gate_trains_nothing_and_says_why(runs, flows):
+    """Fault injection (#20 d): a retraining run on new data the GX gate refuses (a truncated photo;
+    `validate.max_fail_share` 0) stops at `validate`: nothing downstream runs (no scorer, no MLflow
+    registry), the flow fails without retrying, and its error names the file and the reason."""
+    project = runs["project"]
+    photo = project / RAW / "images" / "img003.png"
+    good = photo.read_bytes()
+    photo.write_bytes(good[: len(good) // 3])
+    try:
+        state = flows.retrain(**{**runs["kw"], "targets": ["register"], "retries": 3}, return_state=True)
+        assert state.is_failed()
+        assert _run_counts(state.state_details.flow_run_id)["dvc-repro"] == 1  # not retried
+        with pytest.raises(rt.DvcError, match="failed to reproduce 'validate'") as err:
+            state.result()
+        assert "img003.png" in str(err.value) and "truncated" in str(err.value)
+        assert not (project / "models").exists() and not (project / "mlflow.db").exists()
+    finally:
+        photo.write_bytes(good)
+
+
 def test_new_data_in_a_dvc_import_is_pulled_by_dvc_update(flows, tmp_path):
     """`ingest.root` imported with `dvc import-url`: new files upstream arrive through `dvc update`."""
     project = make_project(tmp_path / "project", n_items=12)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from qualitune.manifest import COLUMNS, SPLITS, make_manifest, seeded_split, write_manifest
-from qualitune.media import FileIndex
+from qualitune.media import FileIndex, outside_root_errors
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ SPLIT_ALIASES: dict[str, str] = {
 }
 
 # Columns an adapter produces itself; a source column with one of these names is kept as "src_<name>".
-_RESERVED = frozenset(COLUMNS) | {"name"}
+_RESERVED = frozenset(COLUMNS) | {"name", "path_error", "mos_raw"}
 
 # KADID-10k's 25 distortion types, by the number in "I01_<type>_<level>.png" (the dataset's own order).
 KADID_DISTORTIONS: dict[int, str] = {
@@ -190,6 +190,8 @@ def _read_table(path: Path, what: str = "labels file") -> pd.DataFrame:
             df = pd.read_csv(path, dtype=str, encoding="utf-8-sig", keep_default_na=False, na_values=[""])
     except Exception as exc:
         raise ValueError(f"{path}: cannot read {what} ({type(exc).__name__}: {exc})") from exc
+    if df.empty:  # a header only: with another file of the dataset this would silently drop a split
+        raise ValueError(f"{path}: the {what} has no rows (columns {list(df.columns)}); is it cut short?")
     return _clean_columns(df)
 
 
@@ -882,12 +884,22 @@ def _run(
 
     adapted = spec(root_path, **options)
     frame = adapted.frame
+    if frame.empty:  # a header without rows (or every row a conventional drop): nothing to train on
+        raise ValueError(
+            f"{fmt}: the label file(s) {adapted.labels} have no rows"
+            + (f" left after dropping {sum(d['count'] for d in adapted.dropped)}" if adapted.dropped else "")
+            + "; check that the right file is given and that it is not cut short"
+        )
     split, split_source = _assign_splits(adapted, ratios, val_from_train, int(seed), holdout)
     found = frame["_found"].to_numpy(dtype=bool)
+    outside = outside_root_errors(list(frame["path"]), found, root_path)
     cwd = Path(os.path.abspath(os.getcwd()))
     out = frame.drop(columns=["_found"]).assign(
         split=split, path=[_display_path(p, cwd) for p in frame["path"]]
     )
+    n_outside = sum(bool(e) for e in outside)
+    if n_outside:  # kept, with the reason, for the gate to quarantine without reading the file
+        out["path_error"] = outside
     manifest = make_manifest(
         out, dataset=dataset, scale=adapted.scale, higher_is_better=adapted.higher_is_better
     )
@@ -901,6 +913,14 @@ def _run(
     if adapted.resolved_by_stem:
         logger.warning(
             "%s: %d name(s) matched a file with a different extension", fmt, adapted.resolved_by_stem
+        )
+    if n_outside:
+        logger.warning(
+            "%s: %d label row(s) name a file outside the dataset root %s (kept, not read; e.g. %s)",
+            fmt,
+            n_outside,
+            root_path,
+            [e.split(": resolves", 1)[0] for e in outside if e][:3],
         )
     nan_mos = int(manifest["mos"].isna().sum())
     if nan_mos:
@@ -925,6 +945,7 @@ def _run(
             "rows": len(manifest),
             "per_split": per_split,
             "missing_files": missing,
+            "outside_root": n_outside,
             "unparseable_mos": nan_mos,
             "resolved_by_stem": adapted.resolved_by_stem,
         },
@@ -997,7 +1018,8 @@ def summary_lines(manifest: pd.DataFrame) -> list[str]:
     lines = [
         f"{meta.get('dataset', '?')} ({meta.get('format', '?')}): {len(manifest)} rows; "
         + ", ".join(f"{s} {n}" for s, n in counts.get("per_split", {}).items()),
-        f"file not found: {counts.get('missing_files', 0)} row(s); unparseable MOS: {counts.get('unparseable_mos', 0)}",
+        f"file not found: {counts.get('missing_files', 0)} row(s); outside the dataset root: "
+        f"{counts.get('outside_root', 0)}; unparseable MOS: {counts.get('unparseable_mos', 0)}",
         f"split: {meta.get('split', {}).get('source', '?')}; source scale {meta.get('scale')} "
         f"({'higher' if meta.get('higher_is_better', True) else 'lower'} is better)",
     ]

@@ -7,6 +7,7 @@ image or a half-read array, because the validation gate and the annotators rely 
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -247,3 +248,36 @@ class FileIndex:
         if hit is None and not Path(name).suffix:
             hit = self._by_stem.get(name.lower())
         return hit
+
+
+def outside_root_errors(paths: Sequence[Path], found: Sequence[bool], root: str | Path) -> list[str]:
+    """Why each found file is not part of the dataset ("" when it is): the file, after following
+    links, lies outside `root`. A label name that climbs out (`../x.jpg`), an absolute name elsewhere
+    or a symlink to another folder would otherwise make the pipeline read (and train on) files that
+    are not the dataset's, and a dataset folder handed over by someone else could read any file this
+    user can. The one place outside `root` a file may live is a DVC cache (`.dvc/cache`): a dataset
+    checked out with `cache.type symlink` links every file there.
+
+    Real paths of folders are computed once per folder, so a million files cost one `lstat` each."""
+    real_root = Path(os.path.realpath(root))
+    real_dirs: dict[Path, Path] = {}
+    out = []
+    for path, ok in zip(paths, found, strict=True):
+        if not ok:
+            out.append("")
+            continue
+        parent = Path(os.path.abspath(path)).parent
+        real_parent = real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = real_dirs[parent] = Path(os.path.realpath(parent))
+        real = Path(os.path.realpath(path)) if os.path.islink(path) else real_parent / Path(path).name
+        inside = real.is_relative_to(real_root) or any(
+            p.name == "cache" and p.parent.name == ".dvc" for p in real.parents
+        )
+        out.append(
+            ""
+            if inside
+            else f"{path}: resolves to {real}, outside the folder being read ({real_root}); not read "
+            "(copy or move the file into it)"
+        )
+    return out

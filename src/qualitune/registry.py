@@ -615,13 +615,15 @@ def _fetch_scorer(artifact_uri: str, target: Path, *, tracking_uri: str, registr
     """Download an MLflow model and move its scorer artifact to ``target`` (staged, then renamed, so a
     killed download never leaves a half-written cache entry)."""
     from qualitune.scorer import ScorerSpec
-    from qualitune.tracking import _import_mlflow
+    from qualitune.tracking import _import_mlflow, _use_tracking_uri
 
     mlflow = _import_mlflow()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with _quiet_mlflow():
+        # MLflow resolves a version's `models:/m-...` source through the global tracking URI, whatever
+        # `tracking_uri` says: without this it reads (and creates) ./mlflow.db of the working folder
+        with _quiet_mlflow(), _use_tracking_uri(mlflow, tracking_uri):
             local = Path(
                 mlflow.artifacts.download_artifacts(
                     artifact_uri=artifact_uri,

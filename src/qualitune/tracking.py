@@ -372,15 +372,29 @@ def start_run(
     run_tags = {**provenance_tags(), **{str(k): str(v) for k, v in (tags or {}).items()}}
     flat = flatten_params(params) if params else {}
 
-    with (
-        _use_tracking_uri(mlflow, settings.tracking_uri),
-        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested, tags=run_tags) as run,
-    ):
+    with _use_tracking_uri(mlflow, settings.tracking_uri):
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested, tags=run_tags)
         ctx = _RunContext(client, run.info.run_id)
         token = _RUNS.set((*_RUNS.get(), ctx))
         try:
             _log_flat_params(ctx, flat)
             yield run
+        except BaseException:
+            # The block's own error is the one to report: when the tracking server is what failed,
+            # marking the run FAILED fails too, and that second error must not replace the first.
+            try:
+                mlflow.end_run("FAILED")
+            except Exception as exc:
+                logger.warning(
+                    "could not mark MLflow run %s as FAILED at %s (%s: %s)",
+                    run.info.run_id,
+                    settings.tracking_uri,
+                    type(exc).__name__,
+                    exc,
+                )
+            raise
+        else:
+            mlflow.end_run("FINISHED")
         finally:
             _RUNS.reset(token)
 
@@ -435,20 +449,42 @@ def log_metric_history(rows: list[tuple[int, Mapping[str, Any]]]) -> None:
 
 
 class MetricBuffer:
-    """Collects per-step metrics and flushes them every `every` steps (and on `flush()`)."""
+    """Collects per-step metrics and flushes them every `every` steps (and on `flush()`).
+
+    A flush during training that fails (the tracking server is down or full) does not stop the
+    training: the rows stay in the buffer, a warning says so once, and the next flush sends them
+    again. The explicit `flush()` at the end raises, so the caller reports the failure once its own
+    outputs are safe on disk."""
 
     def __init__(self, every: int = 50):
         self.every = max(1, int(every))
         self.rows: list[tuple[int, Mapping[str, Any]]] = []
+        self.failed: str | None = None  # the last failed flush's error
 
     def __call__(self, step: int, metrics: Mapping[str, Any]) -> None:
         self.rows.append((step, dict(metrics)))
         if len(self.rows) >= self.every:
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:
+                if self.failed is None:
+                    logger.warning(
+                        "logging step metrics to MLflow failed (%s: %s); training goes on, the %d rows are "
+                        "kept and sent again at the next flush",
+                        type(exc).__name__,
+                        exc,
+                        len(self.rows),
+                    )
+                self.failed = f"{type(exc).__name__}: {exc}"
 
     def flush(self) -> None:
         rows, self.rows = self.rows, []
-        log_metric_history(rows)
+        try:
+            log_metric_history(rows)
+        except BaseException:
+            self.rows = rows + self.rows
+            raise
+        self.failed = None
 
 
 def log_artifacts(path: str | Path, artifact_path: str | None = None) -> None:

@@ -119,10 +119,21 @@ def derive_columns(df: pd.DataFrame, *, check_media: bool = True, workers: int |
     # Duplicated rows: the first occurrence stays, later ones are quarantined (same id or same file).
     out["_first_id"] = ~out["item_id"].duplicated(keep="first")
     out["_first_path"] = ~out["path"].duplicated(keep="first")
-    # without check_media, existence and the header are still checked: only the decode is skipped
-    errors, hashes = check_files(
-        out["path"].astype(str).tolist(), out["media"].astype(str).tolist(), workers, decode=check_media
+    # without check_media, existence and the header are still checked: only the decode is skipped.
+    # A row ingest marked (`path_error`: the file lies outside the dataset root) is never opened.
+    refused = (
+        out["path_error"].fillna("").astype(str).tolist() if "path_error" in out.columns else [""] * len(out)
     )
+    todo = [i for i, e in enumerate(refused) if not e]
+    checked, hashed = check_files(
+        out["path"].astype(str).iloc[todo].tolist(),
+        out["media"].astype(str).iloc[todo].tolist(),
+        workers,
+        decode=check_media,
+    )
+    errors, hashes = list(refused), [""] * len(out)
+    for i, e, h in zip(todo, checked, hashed, strict=True):
+        errors[i], hashes[i] = e, h
     out["_file_error"] = errors
     out["_content_hash"] = hashes
     # Identical content in two splits leaks test data into training: flag every row whose content

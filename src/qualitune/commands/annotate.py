@@ -10,20 +10,31 @@ from qualitune.media import IMAGE_EXTS, VIDEO_EXTS
 MEDIA_EXTS = IMAGE_EXTS | VIDEO_EXTS
 
 
-def expand_paths(items: list[str]) -> list[Path]:
+def expand_paths(items: list[str], refused: dict[str, str] | None = None) -> list[Path]:
     """Files stay as given (a missing one becomes a row with its error); a directory expands to
-    the media files inside it, recursively, sorted."""
+    the media files inside it, recursively, sorted. A file found in a directory that links to a
+    place outside that directory is not returned (nor read): it goes to `refused` (path -> reason),
+    which the commands report as a row with that error, so the output still has one row per file."""
+    from qualitune.media import outside_root_errors
+
     out: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in MEDIA_EXTS))
+            found = sorted(c for c in p.rglob("*") if c.is_file() and c.suffix.lower() in MEDIA_EXTS)
+            for c, why in zip(found, outside_root_errors(found, [True] * len(found), p), strict=True):
+                if not why:
+                    out.append(c)
+                elif refused is not None:
+                    refused[str(c)] = why
         else:
             out.append(p)
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from qualitune.annotate import annotate_paths
     from qualitune.annotators import resolve_annotators
 
@@ -36,12 +47,18 @@ def run(args: argparse.Namespace) -> int:
             + (" ..." if len(missing) > 5 else "")
             + "; give existing media files or folders"
         )
-    paths = expand_paths(args.paths)
-    if not paths:
+    refused: dict[str, str] = {}
+    paths = expand_paths(args.paths, refused)
+    if not paths and not refused:
         raise ValueError(
             f"no media files found in {', '.join(args.paths)} (extensions: {sorted(MEDIA_EXTS)})"
         )
     df = annotate_paths(paths, names, n_frames=args.frames, workers=args.workers, cache_dir=args.cache)
+    if refused:  # links out of the folder: a row each, with the reason, never read
+        attrs = dict(df.attrs)
+        rows = pd.DataFrame({"path": list(refused), "error": list(refused.values())})
+        df = pd.concat([df, rows], ignore_index=True)
+        df.attrs.update(attrs)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)

@@ -60,14 +60,16 @@ def run(args: argparse.Namespace) -> int:
     from qualitune.commands.annotate import expand_paths
     from qualitune.scorer import Scorer
 
-    paths = expand_paths(args.paths)
-    if not paths:
+    refused: dict[str, str] = {}  # links out of a folder given: a row each with the reason, never read
+    paths = expand_paths(args.paths, refused)
+    if not paths and not refused:
         raise ValueError(f"no media files found in {', '.join(args.paths)}")
+    refused_rows = [{"path": p, "score": None, "error": why} for p, why in refused.items()]
     if args.out is not None:
-        return _run_to_file(args, paths)
+        return _run_to_file(args, paths, refused_rows)
     scorer = Scorer.load(args.model, device=default_device(args.device), dtype=args.dtype)
     run_ = scorer.score_paths([str(p) for p in paths], mode=args.mode, batch_size=args.batch_size)
-    for r in run_.results:
+    for r in run_.results + refused_rows:
         if args.json:
             print(json.dumps(r), flush=False)
         elif r["score"] is None:
@@ -78,15 +80,16 @@ def run(args: argparse.Namespace) -> int:
     lo, hi = scorer.fmt.scale
     print(
         f"scored {summary['scored']}/{summary['items']} items ({args.mode}, scale {lo:g}-{hi:g}); "
-        f"media errors {summary['media_errors']}, unparsed answers {summary['parse_failures']}",
+        f"media errors {summary['media_errors']}, unparsed answers {summary['parse_failures']}"
+        + (f", {len(refused_rows)} links out of the folder not read" if refused_rows else ""),
         file=sys.stderr,
     )
     for idx, raw in run_.report.failures:
         print(f"  unparsed answer for {run_.results[idx]['path']}: {raw!r}", file=sys.stderr)
-    return 1 if run_.n_failed else 0
+    return 1 if run_.n_failed or refused_rows else 0
 
 
-def _run_to_file(args: argparse.Namespace, paths: list) -> int:
+def _run_to_file(args: argparse.Namespace, paths: list, refused_rows: list[dict]) -> int:
     """Score into `args.out` a chunk at a time, skipping what the file already has."""
     from qualitune.progress import Progress
     from qualitune.score_file import ScoreFile, key
@@ -98,7 +101,9 @@ def _run_to_file(args: argparse.Namespace, paths: list) -> int:
     done = out.done
     todo = [str(p) for p in paths if key(p) not in done]
     skipped = len(paths) - len(todo)
-    scored = failed = unparsed = 0
+    scored = unparsed = 0
+    failed = len(refused_rows)
+    out.append(refused_rows)
     if todo:
         scorer = Scorer.load(args.model, device=default_device(args.device), dtype=args.dtype)
         with Progress(len(todo), f"scoring ({args.mode}) -> {args.out}", "files") as progress:

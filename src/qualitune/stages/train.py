@@ -152,7 +152,12 @@ def train_scorer(
                 Scorer(model, tokenizer, spec), val_df, modes=("expected",), batch_size=val_batch
             )
             model.train()
-            log_metrics({"epoch_val": _numeric(m["expected"])}, step=epoch)
+            try:  # a tracking server that fails mid-run must not stop the training
+                log_metrics({"epoch_val": _numeric(m["expected"])}, step=epoch)
+            except Exception as exc:
+                log.warning(
+                    "logging epoch %d's val metrics to MLflow failed (%s); training goes on", epoch, exc
+                )
             return on_epoch_end(phase, epoch, m["expected"])
 
     with start_run(
@@ -204,7 +209,6 @@ def train_scorer(
         result = run_phase(
             model, settings, lambda step, m: step_log(step + step_offset, m), fingerprint_extra, epoch_hook
         )
-        step_log.flush()
         train_seconds = time.perf_counter() - t0
         if not main_process:
             return {}
@@ -236,15 +240,10 @@ def train_scorer(
         }
         spec.metrics = {"val": val_metrics}
         transferred = vision_weights(result.model) if mcfg["init_vision_from"] else None
+        # the outputs go to disk first: a tracking server that fails from here on loses nothing
         save_scorer(result.model, spec, out_dir, extra_weights=transferred)
-        for done in (pre_result, result):  # the run is complete: its resume points are not needed
-            if done is not None and done.checkpoint_dir is not None:
-                shutil.rmtree(done.checkpoint_dir, ignore_errors=True)
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text(json.dumps(metrics, indent=2, default=_json_default) + "\n")
-        log_metrics({"val": _numeric(val_metrics), "train_seconds": train_seconds})
-        log_artifacts(out_dir, "scorer")
-        log_artifacts(metrics_path)
         # one step count over both phases, as in MLflow; `task` is the phase's own objective
         history = [
             {**h, "task": h["phase"], "phase": "pretrain"}
@@ -253,9 +252,32 @@ def train_scorer(
             {**h, "task": h["phase"], "phase": "recipe", "step": h["step"] + step_offset}
             for h in result.history
         ]
-        for path in _write_loss_plots(history, tcfg.get("loss_table"), tcfg.get("loss_plot")):
-            log_artifacts(path, "plots")
+        plots = _write_loss_plots(history, tcfg.get("loss_table"), tcfg.get("loss_plot"))
+        try:
+            step_log.flush()
+            log_metrics({"val": _numeric(val_metrics), "train_seconds": train_seconds})
+            log_artifacts(out_dir, "scorer")
+            log_artifacts(metrics_path)
+            for path in plots:
+                log_artifacts(path, "plots")
+        except Exception as exc:
+            if not tracking.enabled:
+                raise
+            kept = [str(d.checkpoint_dir) for d in (pre_result, result) if d is not None and d.checkpoint_dir]
+            raise TrackingFailed(
+                f"training finished and its outputs are on disk (scorer {out_dir}, metrics {metrics_path}, "
+                f"loss history {tcfg.get('loss_table')}), but logging them to MLflow at {tracking.tracking_uri} "
+                f"failed ({type(exc).__name__}: {exc}); rerun `dvc repro` once the tracking server answers"
+                + (f" (it resumes from the checkpoints kept in {', '.join(kept)})" if kept else "")
+            ) from exc
+        for done in (pre_result, result):  # the run is complete and logged: its resume points go
+            if done is not None and done.checkpoint_dir is not None:
+                shutil.rmtree(done.checkpoint_dir, ignore_errors=True)
     return metrics
+
+
+class TrackingFailed(ValueError):
+    """Training completed and wrote its outputs, but MLflow could not record them."""
 
 
 def _val_modes(value: Any) -> tuple[str, ...]:
