@@ -145,13 +145,17 @@ def seconds(train: dict[str, Any]) -> str:
 def demo_results(root: Path) -> list[str]:
     src, train_src = "reports/eval_metrics.json", "reports/train_metrics.json"
     m, tr = load(root, src), load(root, train_src)
-    gap = [m[s]["expected"]["srcc"] - m[s]["baselines"]["pmod_mean"]["srcc"] for s in ("val", "test")]
+    gap = {
+        b: [m[s]["expected"]["srcc"] - m[s]["baselines"][b]["srcc"] for s in ("val", "test")]
+        for b in ("pmod_mean", "linear_probe")
+    }
     return [
         *results_table(m),
         "",
         *results_notes(m),
         "",
-        f"VLM minus PMOD mean (SRCC): val {signed(gap[0])}, test {signed(gap[1])}. "
+        f"VLM minus PMOD mean (SRCC): val {signed(gap['pmod_mean'][0])}, test {signed(gap['pmod_mean'][1])}; "
+        f"minus the linear probe: val {signed(gap['linear_probe'][0])}, test {signed(gap['linear_probe'][1])}. "
         f"Training: {seconds(tr)}, {tr['train']['n_examples']['score']:,} train items.",
         "",
         footer(src, train_src, note="one seed (0)"),
