@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from qualitune.config import deep_merge, load_params, section
     from qualitune.evaluate import evaluate_split
     from qualitune.manifest import read_manifest
+    from qualitune.pipeline.train import train_scorer
     from qualitune.scorer import Scorer
-    from qualitune.stages.train import train_scorer
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")

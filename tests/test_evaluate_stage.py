@@ -61,7 +61,7 @@ def test_evaluate_stage_writes_metrics_plots_and_analyses(tmp_path):
 
 
 def test_summary_line_names_each_split_its_baselines_and_failures():
-    from qualitune.stages.evaluate import summary_line
+    from qualitune.pipeline.evaluate import summary_line
 
     m = {
         "val": {"expected": {"srcc": 0.5, "plcc": 0.6, "parse_failures": 2, "media_errors": 1}},

@@ -176,8 +176,8 @@ def test_sigkill_at_random_points_of_register_leaves_the_champion_old_or_new(tmp
     import mlflow
 
     from qualitune.manifest import write_manifest
-    from qualitune.registry import download_scorer
     from qualitune.scorer import ScorerSpec
+    from qualitune.store import download_scorer
     from test_registry import DVC_LOCK, MANIFEST_COLUMNS, _git, _media
 
     train_rows, val_rows = _media(tmp_path / "media")

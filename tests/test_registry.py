@@ -25,17 +25,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from qualitune.codec import decode_base64, decode_media, sniff_video_suffix
+from qualitune.gate import RegisterSettings, decide
 from qualitune.media import MediaError
-from qualitune.registry import (
-    RegisterSettings,
-    decide,
-    decode_base64,
-    decode_media,
-    parse_model_uri,
-    registry_tracking_settings,
-    resolve_tracking_uri,
-    sniff_video_suffix,
-)
+from qualitune.store import parse_model_uri, resolve_tracking_uri
+from qualitune.tracking import tracking_settings
 from vlm_factory import tiny_scorer_dir, write_flat_or_noisy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +121,7 @@ def test_settings_from_params_defaults_and_errors():
         with pytest.raises(ValueError, match=words):
             RegisterSettings.from_params(bad)
     # the registry-only key does not upset the tracking settings
-    t = registry_tracking_settings({"mlflow": {"tracking_uri": "sqlite:///x.db", "model_name": "iqa"}})
+    t = tracking_settings({"mlflow": {"tracking_uri": "sqlite:///x.db", "model_name": "iqa"}})
     assert t.tracking_uri.endswith("/x.db") and t.tracking_uri.startswith("sqlite:////")
 
 
@@ -340,7 +334,7 @@ def flows(world):
     """Model `qualitune`: the good scorer through the DVC stage (first ever), then the bad one through
     `qualitune register --scorer`. Model `second`: the bad scorer first (min_final -1), then the good."""
     from qualitune.commands import register as register_cmd
-    from qualitune.registry import log_and_register
+    from qualitune.gate import log_and_register
     from qualitune.stages import register as register_stage
 
     project = world["project"]
@@ -364,7 +358,7 @@ def flows(world):
         out["second_printed"] = json.loads(buf.getvalue())
         out["second_report"] = json.loads((project / "reports/register.json").read_text())
 
-        tracking = registry_tracking_settings(world["params"])
+        tracking = tracking_settings(world["params"])
         base = dict(model_name="second", report=str(world["root"] / "second.json"), batch_size=4)
         out["bad_first"] = log_and_register(
             world["bad"], RegisterSettings(min_final=-1.0, **base), tracking, val_df=world["val"]
@@ -449,7 +443,7 @@ def test_good_challenger_replaces_a_bad_champion(world, flows, client):
 def test_download_scorer_caches_versions_and_explains_bad_references(world, flows, monkeypatch):
     import mlflow
 
-    from qualitune.registry import download_scorer
+    from qualitune.store import download_scorer
 
     monkeypatch.setenv("QUALITUNE_MODEL_CACHE", str(world["cache"]))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world["uri"])
@@ -476,7 +470,7 @@ def test_download_scorer_reads_the_registry_it_is_given_from_any_folder(world, f
     """Found by the SIGKILL test of `register` (#20): with an explicit `tracking_uri`, the download
     still resolved the version's source through MLflow's global URI, i.e. ./mlflow.db of the working
     folder, which it created empty and then failed on ("Registered Model ... not found")."""
-    from qualitune.registry import download_scorer
+    from qualitune.store import download_scorer
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -343,15 +343,15 @@ def test_unsupported_content_type_is_415(client, world, reference):
 
 def test_decoded_pixels_are_capped_before_decoding(world, monkeypatch):
     """A PNG of 4000x4000 flat pixels is ~50 kB on the wire but 48 MB decoded: refused from its header."""
-    import qualitune.registry as registry
+    import qualitune.serving.protocol as protocol
 
     bomb = png_bytes(np.zeros((4000, 4000, 3), np.uint8))
     assert len(bomb) < 200_000
     small = Path(world["files"][0]).read_bytes()  # 64x48
     decoded = []
-    real = registry.decode_media
+    real = protocol.decode_media
     monkeypatch.setattr(
-        registry, "decode_media", lambda data, **k: decoded.append(len(data)) or real(data, **k)
+        protocol, "decode_media", lambda data, **k: decoded.append(len(data)) or real(data, **k)
     )
     values = [base64.b64encode(x).decode() for x in (small, bomb)]
     with pytest.raises(RequestError) as err:
@@ -568,7 +568,8 @@ def registry_project(tmp_path_factory):
     models:/qualitune@champion (through the register stage's own code)."""
     import pandas as pd
 
-    from qualitune.registry import RegisterSettings, log_and_register, registry_tracking_settings
+    from qualitune.gate import RegisterSettings, log_and_register
+    from qualitune.tracking import tracking_settings
 
     root = tmp_path_factory.mktemp("serve-registry")
     scorer_dir, _, val_rows = _train_flat_vs_noisy(root)
@@ -588,7 +589,7 @@ def registry_project(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(project)
     try:
-        tracking = registry_tracking_settings(params)
+        tracking = tracking_settings(params)
         decision = log_and_register(
             scorer_dir,
             RegisterSettings(min_final=-1.0, batch_size=4, report=str(root / "register.json")),

@@ -287,7 +287,7 @@ def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continue
 
 def test_val_modes_default_to_expected_and_refuse_unknown_modes():
     """The stage validates in `expected` mode only unless told (evaluate scores both modes)."""
-    from qualitune.stages.train import _val_modes
+    from qualitune.pipeline.train import _val_modes
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     assert _val_modes(params["train"]["val_modes"]) == ("expected",)

@@ -237,13 +237,13 @@ def _fake_train(finals: list):
 
 
 def test_nan_and_lost_trials_fail_and_are_replaced(tmp_path, monkeypatch):
-    import qualitune.stages.train as train_stage
+    import qualitune.pipeline.train as train_pipeline
 
     project = tmp_path / "p"
     project.mkdir()
     monkeypatch.chdir(project)
     fake, calls = _fake_train([float("nan"), "lose", 0.25, 0.5])
-    monkeypatch.setattr(train_stage, "train_scorer", fake)
+    monkeypatch.setattr(train_pipeline, "train_scorer", fake)
     params = {
         "train": {"tuning": "lora", "lr": 0.1, "tuned_params": "tuned_params.yaml"},
         "mlflow": {"enabled": False},

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from qualitune.errors import QualituneError
 from qualitune.pmod import DEFAULT_DESCRIPTORS, Descriptor
 from qualitune.scorer import Scorer
 from qualitune.vlm.answers import ParseReport
@@ -58,7 +59,7 @@ def instability(
     the change shares and counted in `items_unparsed`.
     """
     if repeats < 2:
-        raise ValueError("instability needs at least 2 repeats per item")
+        raise QualituneError("instability needs at least 2 repeats per item")
     fmt = scorer.fmt
     items, kinds = _load_items(scorer, paths)
     values = np.full((len(items), repeats), np.nan)

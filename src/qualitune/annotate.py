@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qualitune.annotators.base import get_annotator, resolve_annotators
+from qualitune.annotators.catalog import get_annotator, resolve_annotators
+from qualitune.errors import QualituneError
 from qualitune.progress import Progress
 
 CACHE_FILE = "scores.sqlite"
@@ -110,9 +111,9 @@ def annotate_paths(
     served from the cache).
     """
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        raise QualituneError(f"n_frames must be >= 1, got {n_frames}")
     if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise QualituneError(f"workers must be >= 1, got {workers}")
     anns = resolve_annotators(annotators)
     names = [a.name for a in anns]
     versions = {a.name: a.version for a in anns}

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from qualitune.errors import QualituneError
 from qualitune.metrics import correlations
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def linear_probe(features: np.ndarray, y: np.ndarray, train: np.ndarray, val: np
     ok = np.isfinite(features).all(axis=1) & np.isfinite(y)
     tr, va = train & ok, val & ok
     if tr.sum() < 2 or va.sum() < 3:
-        raise ValueError(
+        raise QualituneError(
             f"the linear probe needs >= 2 train and >= 3 val items with features and MOS, got "
             f"{int(tr.sum())} and {int(va.sum())}"
         )

@@ -55,16 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from qualitune.errors import EXIT_USER_ERROR, QualituneError
+
     try:
         setup_logging(verbose=args.verbose, quiet=args.quiet)
-    except ValueError as exc:
+    except QualituneError as exc:
         print(f"qualitune: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     try:
         return int(args.func(args) or 0)
-    except ValueError as exc:  # user-facing errors: message only, no traceback
+    except QualituneError as exc:  # user-facing errors: message only; anything else is a bug: traceback
         print(f"qualitune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

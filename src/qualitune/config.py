@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from qualitune.errors import QualituneError
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -15,21 +17,21 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
     """Load the whole params file; a missing or malformed file is a clear error, not a silent default."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"params file not found: {p} (run from the project root or pass --params)")
+        raise QualituneError(f"params file not found: {p} (run from the project root or pass --params)")
     with p.open() as fh:
         params = yaml.safe_load(fh)
     if not isinstance(params, dict):
-        raise ValueError(f"{p} must hold a mapping of sections, got {type(params).__name__}")
+        raise QualituneError(f"{p} must hold a mapping of sections, got {type(params).__name__}")
     return params
 
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     """Return one section, failing with the list of sections that do exist."""
     if name not in params:
-        raise ValueError(f"params has no section {name!r}; sections: {sorted(params)}")
+        raise QualituneError(f"params has no section {name!r}; sections: {sorted(params)}")
     value = params[name]
     if not isinstance(value, dict):
-        raise ValueError(f"params section {name!r} must be a mapping")
+        raise QualituneError(f"params section {name!r} must be a mapping")
     return value
 
 
@@ -58,10 +60,10 @@ def apply_tuned(params: dict[str, Any], path: str | Path | None) -> dict[str, An
         return params
     tuned = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(tuned, dict):
-        raise ValueError(f"{path} must hold a mapping of params sections, got {type(tuned).__name__}")
+        raise QualituneError(f"{path} must hold a mapping of params sections, got {type(tuned).__name__}")
     bad = sorted(set(tuned) - set(TUNABLE_SECTIONS))
     if bad:
-        raise ValueError(f"{path} overrides sections {bad}; only {list(TUNABLE_SECTIONS)} may be tuned")
+        raise QualituneError(f"{path} overrides sections {bad}; only {list(TUNABLE_SECTIONS)} may be tuned")
     return deep_merge(params, tuned)
 
 
@@ -74,8 +76,8 @@ def checked_section(params: Mapping[str, Any], name: str, known: Sequence[str]) 
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise ValueError(f"params section {name!r} must be a mapping, got {type(raw).__name__}")
+        raise QualituneError(f"params section {name!r} must be a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"unknown key(s) in params section {name!r}: {unknown}; known: {list(known)}")
+        raise QualituneError(f"unknown key(s) in params section {name!r}: {unknown}; known: {list(known)}")
     return raw

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from qualitune.errors import QualituneError
 from qualitune.metrics import correlations
 from qualitune.scorer import Scorer
 
@@ -64,12 +65,14 @@ def infer_scale(mos) -> tuple[float, float]:
     values = pd.to_numeric(pd.Series(mos), errors="coerce").to_numpy(dtype=float)
     values = values[np.isfinite(values)]
     if len(values) == 0:
-        raise ValueError("no numeric MOS value to infer the scale from; pass --scale MIN MAX")
+        raise QualituneError("no numeric MOS value to infer the scale from; pass --scale MIN MAX")
     lo, hi = float(values.min()), float(values.max())
     for a, b in STANDARD_SCALES:
         if a <= lo and hi <= b:
             return a, b
-    raise ValueError(f"MOS values span [{lo:g}, {hi:g}], outside every standard scale; pass --scale MIN MAX")
+    raise QualituneError(
+        f"MOS values span [{lo:g}, {hi:g}], outside every standard scale; pass --scale MIN MAX"
+    )
 
 
 def read_labelled_root(
@@ -87,13 +90,13 @@ def read_labelled_root(
     root = Path(root)
     labels = root / "labels.csv"
     if not labels.is_file():
-        raise ValueError(
+        raise QualituneError(
             f"{root}: no labels.csv (expected columns image_name,mos[,std] and the media in images/)"
         )
     head = pd.read_csv(labels, nrows=0).columns.str.strip().tolist()
     for col in ("image_name", "mos"):
         if col not in head:
-            raise ValueError(f"{labels} has no {col!r} column (columns: {head})")
+            raise QualituneError(f"{labels} has no {col!r} column (columns: {head})")
     raw_mos = pd.read_csv(labels, usecols=["mos"])["mos"]
     source = "given" if scale is not None else "inferred"
     scale = tuple(float(x) for x in scale) if scale is not None else infer_scale(raw_mos)

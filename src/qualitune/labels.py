@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from qualitune.errors import QualituneError
 from qualitune.manifest import NORM_MAX, NORM_MIN
 
 LEVEL_WORDS = ("bad", "poor", "fair", "good", "excellent")
@@ -36,9 +37,9 @@ class LabelRange:
 
     def __post_init__(self) -> None:
         if int(self.lo) != self.lo or int(self.hi) != self.hi:
-            raise ValueError(f"label range bounds must be integers, got [{self.lo}, {self.hi}]")
+            raise QualituneError(f"label range bounds must be integers, got [{self.lo}, {self.hi}]")
         if not self.hi > self.lo:
-            raise ValueError(f"label range must satisfy lo < hi, got [{self.lo}, {self.hi}]")
+            raise QualituneError(f"label range must satisfy lo < hi, got [{self.lo}, {self.hi}]")
 
     @property
     def step(self) -> float:
@@ -50,7 +51,7 @@ def _check_norm(mos_norm: np.ndarray) -> np.ndarray:
     m = np.asarray(mos_norm, dtype=np.float64)
     bad = ~np.isfinite(m)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} mos_norm values are NaN/inf; validate the manifest first")
+        raise QualituneError(f"{int(bad.sum())} mos_norm values are NaN/inf; validate the manifest first")
     return m
 
 
@@ -83,7 +84,7 @@ def to_level(mos_norm) -> np.ndarray:
 def add_labels(df: pd.DataFrame, *, fmt: str = "integer", rng: LabelRange = LabelRange()) -> pd.DataFrame:
     """Add `label_int`, `label_text` (the answer the model is trained to give), `level` and `level_word`."""
     if fmt not in FORMATS:
-        raise ValueError(f"label format must be one of {FORMATS}, got {fmt!r}")
+        raise QualituneError(f"label format must be one of {FORMATS}, got {fmt!r}")
     out = df.copy()
     m = out["mos_norm"].to_numpy()
     out["label_int"] = to_integer(m, rng)

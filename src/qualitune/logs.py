@@ -20,6 +20,8 @@ import os
 import sys
 import warnings
 
+from qualitune.errors import QualituneError
+
 # Loggers of the libraries that print INFO lines nobody asked for during a normal run.
 THIRD_PARTY = (
     "great_expectations",
@@ -54,7 +56,7 @@ def level_from(verbose: bool = False, quiet: bool = False) -> int:
     if name:
         level = logging.getLevelName(name)
         if not isinstance(level, int):
-            raise ValueError(
+            raise QualituneError(
                 f"QUALITUNE_LOG_LEVEL={name!r} is not a log level; use DEBUG, INFO, WARNING or ERROR"
             )
         return level

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile
 
+from qualitune.errors import QualituneError
+
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".yuv", ".flv", ".mpg", ".mpeg"})
 
@@ -22,7 +24,7 @@ VIDEO_EXTS = frozenset({".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".yuv",
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class MediaError(ValueError):
+class MediaError(QualituneError):
     """A media file is missing, unreadable, truncated or of an unsupported kind."""
 
 
@@ -188,7 +190,7 @@ def sample_frames(path: str | Path, n: int = 2) -> list[Image.Image]:
     Raises `MediaError` if no frame at all can be decoded.
     """
     if n < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n}")
+        raise QualituneError(f"n_frames must be >= 1, got {n}")
     p = require_file(path)
     duration = _container_duration(p)
     if duration and duration > 0:

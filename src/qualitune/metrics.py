@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+from qualitune.errors import QualituneError
+
 log = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ def logistic_fit(pred, mos) -> np.ndarray:
     x = np.asarray(pred, dtype=np.float64)
     y = np.asarray(mos, dtype=np.float64)
     if len(x) <= 4:  # four parameters: fewer points than that make the fit meaningless (scipy refuses)
-        raise ValueError(f"logistic fit needs at least 5 items, got {len(x)}")
+        raise QualituneError(f"logistic fit needs at least 5 items, got {len(x)}")
     p0 = [float(np.ptp(y)) or 1.0, float(y.min()), float(np.mean(x)), float(np.std(x)) or 1.0]
     bounds = ([0.0, -np.inf, -np.inf, -np.inf], [np.inf, np.inf, np.inf, np.inf])
     import warnings
@@ -54,7 +56,7 @@ def logistic_fit(pred, mos) -> np.ndarray:
             warnings.simplefilter("ignore", OptimizeWarning)
             params, _ = curve_fit(_increasing_logistic, x, y, p0=p0, bounds=bounds, max_nfev=20000)
     except RuntimeError as exc:
-        raise ValueError(f"logistic fit did not converge: {exc}") from exc
+        raise QualituneError(f"logistic fit did not converge: {exc}") from exc
     return _increasing_logistic(x, *params)
 
 
@@ -63,9 +65,9 @@ def correlations(pred: Sequence[float | None], mos: Sequence[float]) -> dict[str
     p = np.array([np.nan if v is None else float(v) for v in pred], dtype=np.float64)
     m = np.asarray(mos, dtype=np.float64)
     if p.shape != m.shape:
-        raise ValueError(f"{len(p)} predictions but {len(m)} MOS values")
+        raise QualituneError(f"{len(p)} predictions but {len(m)} MOS values")
     if not np.isfinite(m).all():
-        raise ValueError("MOS contains NaN/inf; validate the manifest first")
+        raise QualituneError("MOS contains NaN/inf; validate the manifest first")
     ok = np.isfinite(p)
     n = int(ok.sum())
     out = {"n": n, "n_missing": int((~ok).sum())}

@@ -18,14 +18,16 @@ from typing import Any
 
 import yaml
 
+from qualitune.errors import QualituneError
+
 
 def read_overlay(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"params overlay not found: {p}")
+        raise QualituneError(f"params overlay not found: {p}")
     data = yaml.safe_load(p.read_text()) or {}
     if not isinstance(data, dict):
-        raise ValueError(
+        raise QualituneError(
             f"{p}: a params overlay is a mapping of params.yaml sections, got {type(data).__name__}"
         )
     return data
@@ -52,7 +54,7 @@ def leaves(
 def parse_assignment(text: str) -> tuple[str, Any]:
     """`key=value` (dotted key, YAML value) as given to `--set`."""
     if "=" not in text:
-        raise ValueError(f"--set takes key=value (a dotted params key, a YAML value), got {text!r}")
+        raise QualituneError(f"--set takes key=value (a dotted params key, a YAML value), got {text!r}")
     key, raw = text.split("=", 1)
     return key.strip(), yaml.safe_load(raw)
 
@@ -64,12 +66,12 @@ def check_keys(params: Mapping[str, Any], assignments: Iterable[tuple[str, Any]]
         parts = key.split(".")
         for i, part in enumerate(parts):
             if not isinstance(node, Mapping):
-                raise ValueError(f"params key {key!r}: {'.'.join(parts[:i])} is not a section")
+                raise QualituneError(f"params key {key!r}: {'.'.join(parts[:i])} is not a section")
             if part not in node:
                 # options of a dataset format are free-form: a new one is allowed there
                 if ".".join(parts[:i]) == "ingest.options":
                     break
-                raise ValueError(
+                raise QualituneError(
                     f"params key {key!r} is not in params.yaml (no {part!r} under {'.'.join(parts[:i]) or 'the top level'})"
                 )
             node = node[part]
@@ -96,7 +98,7 @@ def hydra_value(value: Any) -> str:
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
         return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
-    raise ValueError(f"a params value must be YAML data, got {type(value).__name__}: {value!r}")
+    raise QualituneError(f"a params value must be YAML data, got {type(value).__name__}: {value!r}")
 
 
 def _looks_numeric(text: str) -> bool:

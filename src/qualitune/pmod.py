@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import stats
 from scipy.special import ndtr
 
+from qualitune.errors import QualituneError
 from qualitune.labels import LEVEL_WORDS
 from qualitune.manifest import NORM_MAX, NORM_MIN, SPLITS
 
@@ -68,7 +69,7 @@ def fit_calibration(name: str, scores, mos_norm, higher_is_better: bool, max_kno
     m = None if mos_norm is None else np.asarray(mos_norm, dtype=np.float64)
     ok = np.isfinite(s) if m is None else np.isfinite(s) & np.isfinite(m)
     if ok.sum() < 2:
-        raise ValueError(f"annotator {name!r}: fewer than 2 scored training items; cannot calibrate")
+        raise QualituneError(f"annotator {name!r}: fewer than 2 scored training items; cannot calibrate")
     s = s[ok]
     if m is not None:
         from sklearn.isotonic import IsotonicRegression
@@ -122,18 +123,18 @@ def compute_pmod(
     names = list(directions)
     missing = [n for n in names if n not in annotations.columns]
     if missing:
-        raise ValueError(f"annotation table lacks columns {missing}; it has {list(annotations.columns)}")
+        raise QualituneError(f"annotation table lacks columns {missing}; it has {list(annotations.columns)}")
     ann = annotations.drop_duplicates("path", keep="last").set_index("path")
     unknown = ~manifest["path"].isin(ann.index)
     if unknown.any():
-        raise ValueError(
+        raise QualituneError(
             f"{int(unknown.sum())} manifest items have no annotation row (e.g. {manifest.loc[unknown, 'path'].iloc[0]}); "
             "re-run the annotate stage on this manifest"
         )
     out = manifest.copy()
     train = (out["split"] == "train").to_numpy()
     if not train.any():
-        raise ValueError("the manifest has no train split; PMOD calibration is fitted on train items")
+        raise QualituneError("the manifest has no train split; PMOD calibration is fitted on train items")
     cals: dict[str, Calibration] = {}
     cal_cols = []
     for n in names:
@@ -271,7 +272,7 @@ def run_pmod(
     from qualitune.manifest import manifest_metadata, read_manifest, write_manifest
 
     if calibration not in ("isotonic", "rank"):
-        raise ValueError(f"pmod calibration must be 'isotonic' or 'rank', got {calibration!r}")
+        raise QualituneError(f"pmod calibration must be 'isotonic' or 'rank', got {calibration!r}")
     manifest = read_manifest(manifest_path)
     annotations = pd.read_csv(annotations_path)
     directions = {n: bool(get_annotator(n).higher_is_better) for n in annotators}

@@ -1,6 +1,6 @@
 """The qualitune scorer as an MLflow pyfunc, logged as "models from code".
 
-`qualitune.registry.log_and_register` logs this file with
+`qualitune.gate.log_and_register` logs this file with
 ``mlflow.pyfunc.log_model(python_model=<this file>, artifacts={"scorer": <scorer folder>})``: MLflow
 copies the file into the model and executes it on load, where ``mlflow.models.set_model`` hands it
 the model object; nothing is pickled. The environment that loads it needs ``qualitune`` installed.
@@ -20,9 +20,9 @@ from typing import Any
 
 import pandas as pd
 
-from qualitune.tracking import _import_mlflow
+from qualitune.tracking import import_mlflow
 
-mlflow = _import_mlflow()  # MLflow with its telemetry switched off
+mlflow = import_mlflow()  # MLflow with its telemetry switched off
 
 
 class QualituneScorerModel(mlflow.pyfunc.PythonModel):
@@ -39,7 +39,7 @@ class QualituneScorerModel(mlflow.pyfunc.PythonModel):
         self.scorer = Scorer.load(context.artifacts["scorer"], device=device)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[dict[str, Any]]:
-        from qualitune.registry import input_values, score_encoded
+        from qualitune.codec import input_values, score_encoded
 
         if self.scorer is None:
             raise RuntimeError("the scorer is not loaded (load_context was not called)")

@@ -35,6 +35,8 @@ from typing import Any
 
 import yaml
 
+from qualitune.errors import QualituneError
+
 SNAPSHOT = ".qualitune/retrain_snapshot.json"
 SNAPSHOT_VERSION = 1
 
@@ -116,7 +118,7 @@ def snapshot_dir(
     """
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"raw data folder {root} does not exist (params ingest.root)")
+        raise QualituneError(f"raw data folder {root} does not exist (params ingest.root)")
     previous = previous or {}
     out: dict[str, dict] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -156,7 +158,9 @@ def load_snapshot(path: str | Path, root: str | Path) -> dict[str, dict] | None:
     try:
         data = json.loads(p.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{p} is not a retrain snapshot (delete it to start a new baseline): {exc}") from exc
+        raise QualituneError(
+            f"{p} is not a retrain snapshot (delete it to start a new baseline): {exc}"
+        ) from exc
     if data.get("version") != SNAPSHOT_VERSION or data.get("root") != Path(root).as_posix():
         return None
     return data["files"]
@@ -178,7 +182,7 @@ def raw_data_root(params: Mapping[str, Any]) -> str:
     """The raw data folder the pipeline reads: params ``ingest.root`` (relative to the project root)."""
     root = (params.get("ingest") or {}).get("root")
     if not isinstance(root, str) or not root.strip():
-        raise ValueError("params has no ingest.root: the raw data folder to watch for new data")
+        raise QualituneError("params has no ingest.root: the raw data folder to watch for new data")
     return root
 
 

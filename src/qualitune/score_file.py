@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from qualitune.errors import QualituneError
+
 log = logging.getLogger(__name__)
 
 FORMATS = (".csv", ".jsonl")
@@ -54,7 +56,7 @@ class ScoreFile:
         self.path = Path(path)
         self.fmt = self.path.suffix.lower()
         if self.fmt not in FORMATS:
-            raise ValueError(
+            raise QualituneError(
                 f"--out {self.path}: unknown format {self.path.suffix!r}; use a .csv or .jsonl file"
             )
         self.model, self.mode = model, mode
@@ -77,7 +79,7 @@ class ScoreFile:
         for r in rows:
             for field, want in (("model", self.model), ("mode", self.mode)):
                 if r.get(field) not in (None, "", want):
-                    raise ValueError(
+                    raise QualituneError(
                         f"{self.path} holds scores from {field} {r.get(field)!r}, not {want!r}: "
                         f"resume with the same --model and --mode, or write to another --out file"
                     )
@@ -104,12 +106,12 @@ class ScoreFile:
                 try:
                     row = json.loads(line)
                     if not isinstance(row, dict) or "path" not in row:
-                        raise ValueError("not an object with a 'path'")
+                        raise QualituneError("not an object with a 'path'")
                 except ValueError as exc:
                     if n == len(lines) and not complete:
                         self.dropped_partial = True
                         continue
-                    raise ValueError(
+                    raise QualituneError(
                         f"{self.path} line {n} is not a scores row ({exc}); fix or move the file"
                     ) from None
                 out.append(row)
@@ -118,11 +120,13 @@ class ScoreFile:
             lines, self.dropped_partial = lines[:-1], True
         reader = csv.DictReader(io.StringIO("".join(lines)))
         if reader.fieldnames is not None and "path" not in reader.fieldnames:
-            raise ValueError(f"{self.path} has no 'path' column: not a qualitune scores file")
+            raise QualituneError(f"{self.path} has no 'path' column: not a qualitune scores file")
         out = []
         for n, raw in enumerate(reader, 2):
             if None in raw or any(v is None for v in raw.values()):
-                raise ValueError(f"{self.path} line {n} has the wrong number of fields; fix or move the file")
+                raise QualituneError(
+                    f"{self.path} line {n} has the wrong number of fields; fix or move the file"
+                )
             out.append(_from_csv(raw))
         return out
 

@@ -1,177 +1,45 @@
-"""A trained scorer on disk, and scoring files with it.
+"""Scoring files with a trained scorer: decoding, batching, the two inference modes, the results.
 
-A scorer directory (what the `train` stage writes to `models/scorer/`) holds:
-
-- `qualitune_scorer.json`: the base model (hub id, local folder or `tiny-qwen2.5-vl` + seed), the
-  answer format and label range, pixel budget, video sampling, whether inference runs two stages,
-  and the training recipe and validation metrics for the record;
-- `adapter/`: the peft LoRA adapter (`adapter_model.safetensors` + `adapter_config.json`) when the
-  run used LoRA. The file stays an adapter, so one base serves many; `Scorer.load` merges it into
-  its own loaded copy (W + BA once, instead of two extra matmuls per layer and token: ~8 % of the
-  compact decoder's time on CPU);
-- `weights.safetensors`: every other weight that trained (the vision encoder in VITAL's
-  encoder-centred mode, the projector in warm-up, everything in full fine-tuning).
-
-Loading rebuilds the base, applies the adapter and copies the weights, all from safetensors and
-with `trust_remote_code` off, then casts to the requested dtype (docs/compact-backend.md
-has what bf16 does to the compact scorer's speed and scores). The base itself is referenced, not
-copied: a 7B checkpoint stays in the user's cache, and the tiny model is rebuilt bit for bit from
-its seed.
+:class:`Scorer` wraps a model loaded from a scorer folder (format: :mod:`qualitune.scorer_folder`)
+or a registry reference (:func:`resolve_model_ref`, through :mod:`qualitune.store`) and scores paths
+or decoded media in `expected` mode (the probability-weighted answer, no generate loop) or `greedy`
+mode (the generated answer, parsed), reporting per item what could not be read or parsed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qualitune.errors import QualituneError
 from qualitune.progress import Progress
+from qualitune.scorer_folder import (  # re-exported: the folder format is part of the scorer's API
+    ADAPTER_DIR,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    ScorerSpec,
+    load_scored_model,
+    save_scorer,
+)
 from qualitune.vlm.answers import ParseReport
 from qualitune.vlm.inputs import _unwrap, encode_batch
 from qualitune.vlm.scoring import (
-    MAX_INVALID_MASS,
     SCORING_MODES,
     ItemScore,
     check_max_invalid_mass,
     format_scores,
     generate_texts,
 )
-from qualitune.vlm.tasks import DESCRIBE_QUESTION, AnswerFormat
+from qualitune.vlm.tasks import DESCRIBE_QUESTION
 
 log = logging.getLogger(__name__)
-
-SPEC_FILE = "qualitune_scorer.json"
-ADAPTER_DIR = "adapter"
-WEIGHTS_FILE = "weights.safetensors"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class ScorerSpec:
-    """What it takes to rebuild and prompt a trained scorer (written as `qualitune_scorer.json`)."""
-
-    base_model: str
-    answer_format: dict
-    base_seed: int = 0
-    dtype: str = "auto"
-    min_pixels: int = 56 * 56
-    max_pixels: int = 448 * 448
-    video_mode: str = "frames"
-    n_frames: int = 2
-    two_stage: bool = False
-    describe_max_new_tokens: int = 48
-    trust_remote_code: bool = False
-    # `expected` mode: an item with more answer probability off the valid answers than this is
-    # unparsed, not scored (qualitune.vlm.scoring); travels with the scorer, so the CLI, evaluate,
-    # the registry gate and serving apply one rule. Scorers written before it existed get 0.5.
-    max_invalid_mass: float = MAX_INVALID_MASS
-    recipe: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        self.max_invalid_mass = check_max_invalid_mass(self.max_invalid_mass)
-
-    @property
-    def fmt(self) -> AnswerFormat:
-        return AnswerFormat(**self.answer_format)
-
-    @classmethod
-    def read(cls, directory: str | Path) -> ScorerSpec:
-        path = Path(directory) / SPEC_FILE
-        if not path.is_file():
-            raise ValueError(
-                f"{directory} is not a qualitune scorer (no {SPEC_FILE}); train one with `dvc repro train` "
-                "or pass the folder the train stage wrote (models/scorer)"
-            )
-        data = json.loads(path.read_text())
-        if data.get("format_version", 1) > FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer qualitune (format {data['format_version']})")
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def write(self, directory: str | Path) -> None:
-        Path(directory, SPEC_FILE).write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
-
-
-def save_scorer(
-    model: torch.nn.Module,
-    spec: ScorerSpec,
-    out_dir: str | Path,
-    *,
-    extra_weights: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Write adapter and/or trained weights plus the spec; replaces a previous scorer in `out_dir`.
-
-    `extra_weights` are frozen weights that nevertheless differ from the base, e.g. a vision
-    encoder transferred from another scorer (VITAL): without them, reloading would rebuild the
-    base's own encoder."""
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from qualitune.vlm.trainable import non_lora_trainable
-
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
-    weights = {**(extra_weights or {}), **non_lora_trainable(model)}
-    if weights:
-        save_file(weights, str(tmp / WEIGHTS_FILE))
-    spec.write(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
-
-
-def load_scored_model(
-    directory: str | Path,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-    merge_adapters: bool = False,
-):
-    """`(model, tokenizer, spec)` of a scorer directory, in eval mode.
-
-    `merge_adapters` folds a LoRA adapter into the base weights (for inference only: the result is
-    no longer a peft model). `dtype` (default: the spec's, `auto` = as the base loads) is applied
-    after all weights are in, so adapters and trained weights are cast the same way as the base.
-    """
-    from safetensors.torch import load_file
-
-    from qualitune.vlm.model import _resolve_dtype, load_model
-    from qualitune.vlm.trainable import load_weights
-
-    directory = Path(directory)
-    spec = ScorerSpec.read(directory)
-    if spec.trust_remote_code:
-        raise ValueError("this scorer asks for trust_remote_code; qualitune never enables it on its own")
-    model, tokenizer = load_model(spec.base_model, dtype=dtype or spec.dtype, seed=spec.base_seed)
-    if (directory / ADAPTER_DIR).is_dir():
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR), is_trainable=False)
-    if (directory / WEIGHTS_FILE).is_file():
-        load_weights(model, load_file(str(directory / WEIGHTS_FILE)), what=str(directory / WEIGHTS_FILE))
-    if merge_adapters and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    target = _resolve_dtype(dtype or spec.dtype)
-    if isinstance(target, torch.dtype) and any(p.dtype != target for p in model.parameters()):
-        model = model.to(target)
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    return model, tokenizer, spec
 
 
 def resolve_model_ref(ref: str | Path) -> Path:
@@ -179,16 +47,16 @@ def resolve_model_ref(ref: str | Path) -> Path:
     the MLflow registry, or `runs:/RUN_ID/model` (a logged model), downloaded into qualitune's cache."""
     text = str(ref)
     if text.startswith("models:/"):
-        from qualitune.registry import download_scorer
+        from qualitune.store import download_scorer
 
         return download_scorer(text)
     if text.startswith("runs:/"):
-        from qualitune.registry import download_run_scorer
+        from qualitune.store import download_run_scorer
 
         return download_run_scorer(text)
     path = Path(text)
     if not path.exists():
-        raise ValueError(
+        raise QualituneError(
             f"model {text!r} not found: give a scorer folder (e.g. models/scorer), models:/name@alias "
             "or runs:/RUN_ID/model"
         )
@@ -289,7 +157,7 @@ class Scorer:
     ) -> tuple[list[ItemScore], list[str | None]]:
         """Score one batch of PIL images / frame lists; returns scores and (two-stage) descriptions."""
         if mode not in SCORING_MODES:
-            raise ValueError(f"mode must be one of {SCORING_MODES}, got {mode!r}")
+            raise QualituneError(f"mode must be one of {SCORING_MODES}, got {mode!r}")
         kinds = list(kinds) if kinds is not None else ["image"] * len(items)
         descriptions: list[str | None] = [None] * len(items)
         if self.spec.two_stage:
@@ -333,7 +201,7 @@ class Scorer:
         replaces the progress output of this call (a caller scoring in chunks keeps one for all).
         """
         if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+            raise QualituneError(f"batch size must be >= 1, got {batch_size}")
         report = ParseReport()
         results: list[dict[str, Any]] = [{"path": str(p)} for p in paths]
         scored: list[int] = []  # result index of each scored item, in the report's index order
@@ -437,4 +305,14 @@ class Scorer:
         return out
 
 
-__all__ = ["ScoreRun", "Scorer", "ScorerSpec", "load_scored_model", "resolve_model_ref", "save_scorer"]
+__all__ = [
+    "ADAPTER_DIR",
+    "SPEC_FILE",
+    "WEIGHTS_FILE",
+    "ScoreRun",
+    "Scorer",
+    "ScorerSpec",
+    "load_scored_model",
+    "resolve_model_ref",
+    "save_scorer",
+]

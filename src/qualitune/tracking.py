@@ -30,12 +30,15 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+from qualitune.errors import QualituneError
 
 if TYPE_CHECKING:
     from mlflow import ActiveRun, MlflowClient
@@ -88,14 +91,16 @@ def tracking_settings(params: Mapping[str, Any]) -> TrackingSettings:
 
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ValueError(f"{SECTION}.enabled must be true or false, got {enabled!r}")
+        raise QualituneError(f"{SECTION}.enabled must be true or false, got {enabled!r}")
     experiment = raw.get("experiment", DEFAULT_EXPERIMENT)
     if not isinstance(experiment, str) or not experiment.strip():
-        raise ValueError(f"{SECTION}.experiment must be a non-empty string, got {experiment!r}")
+        raise QualituneError(f"{SECTION}.experiment must be a non-empty string, got {experiment!r}")
     artifact_location = raw.get("artifact_location")
     if artifact_location is not None:
         if not isinstance(artifact_location, str) or not artifact_location.strip():
-            raise ValueError(f"{SECTION}.artifact_location must be a path or URI, got {artifact_location!r}")
+            raise QualituneError(
+                f"{SECTION}.artifact_location must be a path or URI, got {artifact_location!r}"
+            )
         if not urlsplit(artifact_location).scheme or _looks_like_windows_path(artifact_location):
             artifact_location = os.path.abspath(artifact_location)
 
@@ -112,16 +117,16 @@ def _looks_like_windows_path(value: str) -> bool:
 def _normalise_tracking_uri(uri: Any) -> str:
     key = f"{SECTION}.tracking_uri"
     if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"{key} must be a non-empty URI string, got {uri!r}; {_URI_HELP}")
+        raise QualituneError(f"{key} must be a non-empty URI string, got {uri!r}; {_URI_HELP}")
     uri = uri.strip()
     scheme, sep, rest = uri.partition(":")
     base = scheme.lower().split("+", 1)[0]
     if not sep or not scheme.replace("+", "").replace("-", "").replace(".", "").isalnum():
-        raise ValueError(f"{key} {uri!r} has no URI scheme; {_URI_HELP}")
+        raise QualituneError(f"{key} {uri!r} has no URI scheme; {_URI_HELP}")
 
     if base == "sqlite":
         if not rest.startswith("///") or len(rest) == 3:
-            raise ValueError(
+            raise QualituneError(
                 f"{key} {uri!r} is not a valid sqlite URI (it needs three slashes and a file path); {_URI_HELP}"
             )
         path, qmark, query = rest[3:].partition("?")
@@ -130,17 +135,17 @@ def _normalise_tracking_uri(uri: Any) -> str:
         return f"{scheme}:///{path}{qmark}{query}"
     if base in _DB_SCHEMES:
         if not rest.startswith("//") or len(rest) == 2:
-            raise ValueError(f"{key} {uri!r} is not a valid database URI; {_URI_HELP}")
+            raise QualituneError(f"{key} {uri!r} is not a valid database URI; {_URI_HELP}")
         return uri
     if base in _HTTP_SCHEMES:
         if not urlsplit(uri).netloc:
-            raise ValueError(f"{key} {uri!r} has no host; {_URI_HELP}")
+            raise QualituneError(f"{key} {uri!r} has no host; {_URI_HELP}")
         return uri
     if base == "file":
         if not rest:
-            raise ValueError(f"{key} {uri!r} has no path; {_URI_HELP}")
+            raise QualituneError(f"{key} {uri!r} has no path; {_URI_HELP}")
         return uri
-    raise ValueError(f"{key} {uri!r} uses unsupported scheme {scheme!r}; {_URI_HELP}")
+    raise QualituneError(f"{key} {uri!r} uses unsupported scheme {scheme!r}; {_URI_HELP}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,7 +193,7 @@ def flatten_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
                 walk(v, key)
                 continue
             if key in out:
-                raise ValueError(f"parameter key {key!r} occurs twice after flattening")
+                raise QualituneError(f"parameter key {key!r} occurs twice after flattening")
             out[key] = _truncate(_render(v), key)
 
     walk(d, prefix)
@@ -218,7 +223,7 @@ def _flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, 
 # MLflow plumbing
 
 
-def _import_mlflow() -> Any:
+def import_mlflow() -> Any:
     """Import MLflow with telemetry off and its database-migration chatter at WARNING."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     already = "mlflow" in sys.modules
@@ -242,6 +247,24 @@ def _import_mlflow() -> Any:
     return mlflow
 
 
+@contextmanager
+def quiet_mlflow() -> Iterator[None]:
+    """No download progress bars (unless the user asked for them) and no advice to add type hints or an
+    input example (the signature is explicit; an example would load the model once more at log time)."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(key)
+    if previous is None:
+        os.environ[key] = "false"
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"(?s).*type hints to the `predict` method")
+            warnings.filterwarnings("ignore", message=r"(?s).*input example was not provided")
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(key, None)
+
+
 @dataclass(frozen=True)
 class _RunContext:
     client: MlflowClient
@@ -255,7 +278,7 @@ _RUNS: contextvars.ContextVar[tuple[_RunContext | None, ...]] = contextvars.Cont
 
 
 @contextmanager
-def _use_tracking_uri(mlflow: Any, uri: str) -> Iterator[None]:
+def use_tracking_uri(mlflow: Any, uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at ``uri``; restore both the global URI and MLFLOW_TRACKING_URI after."""
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
@@ -284,7 +307,7 @@ def _experiment_id(client: MlflowClient, settings: TrackingSettings) -> str:
             if exp is None:
                 raise
     if exp.lifecycle_stage != "active":
-        raise ValueError(
+        raise QualituneError(
             f"MLflow experiment {settings.experiment!r} is deleted; restore it "
             f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set "
             f"{SECTION}.experiment to another name"
@@ -327,7 +350,7 @@ def _current() -> _RunContext | None:
     if stack:
         return stack[-1]
     if "mlflow" in sys.modules:  # a run opened directly with mlflow.start_run (e.g. by a library callback)
-        mlflow = _import_mlflow()
+        mlflow = import_mlflow()
         run = mlflow.active_run()
         if run is not None:
             return _RunContext(mlflow.MlflowClient(), run.info.run_id)
@@ -361,7 +384,7 @@ def start_run(
             _RUNS.reset(token)
         return
 
-    mlflow = _import_mlflow()
+    mlflow = import_mlflow()
     scheme, _, rest = settings.tracking_uri.partition(":")
     if scheme.lower().split("+", 1)[0] == "sqlite":  # sqlite cannot create the db's folder itself
         db_path = rest[3:].partition("?")[0]
@@ -372,7 +395,7 @@ def start_run(
     run_tags = {**provenance_tags(), **{str(k): str(v) for k, v in (tags or {}).items()}}
     flat = flatten_params(params) if params else {}
 
-    with _use_tracking_uri(mlflow, settings.tracking_uri):
+    with use_tracking_uri(mlflow, settings.tracking_uri):
         run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested, tags=run_tags)
         ctx = _RunContext(client, run.info.run_id)
         token = _RUNS.set((*_RUNS.get(), ctx))

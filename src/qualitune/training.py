@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from qualitune.errors import QualituneError
 from qualitune.media import load_media
 from qualitune.progress import Progress
 from qualitune.vlm.compact import is_compact, standardise_projector
@@ -124,13 +125,15 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"train.method must be one of {METHODS}, got {self.method!r}")
+            raise QualituneError(f"train.method must be one of {METHODS}, got {self.method!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("train.batch_size and train.grad_accum must be >= 1")
+            raise QualituneError("train.batch_size and train.grad_accum must be >= 1")
         if self.epochs < 0 or self.stage1_epochs < 0:
-            raise ValueError("train.epochs must be >= 0")
+            raise QualituneError("train.epochs must be >= 0")
         if not (isinstance(self.label_sigma, (int, float)) and self.label_sigma >= 0):
-            raise ValueError(f"train.label_sigma must be a number >= 0 (0 = off), got {self.label_sigma!r}")
+            raise QualituneError(
+                f"train.label_sigma must be a number >= 0 (0 = off), got {self.label_sigma!r}"
+            )
         if self.label_sigma > 0:
             self.fmt.first_token_bins()  # the format supports soft labels, or a clear error now
         if self.projector_lr is not None and not (
@@ -138,12 +141,12 @@ class TrainSettings:
             and not isinstance(self.projector_lr, bool)
             and self.projector_lr > 0
         ):
-            raise ValueError(
+            raise QualituneError(
                 f"train.projector_lr must be a positive number or null, got {self.projector_lr!r}"
             )
         for name in ("packing", "fused_optimizer", "prefetch"):
             if getattr(self, name) not in ("auto", True, False):
-                raise ValueError(f"train.{name} must be auto, true or false, got {getattr(self, name)!r}")
+                raise QualituneError(f"train.{name} must be auto, true or false, got {getattr(self, name)!r}")
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> TrainSettings:
@@ -164,7 +167,7 @@ class TrainSettings:
         }
         unknown = sorted(set(cfg) - known - stage_keys)
         if unknown:
-            raise ValueError(f"unknown keys in params train section: {unknown}")
+            raise QualituneError(f"unknown keys in params train section: {unknown}")
         kw = {k: v for k, v in cfg.items() if k in known}
         if "lora" in kw:
             lora = dict(kw["lora"])
@@ -187,7 +190,7 @@ class TrainSettings:
         pre = dict(cfg.get("pretrain") or {})
         unknown = sorted(set(pre) - {"enabled"} - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"unknown keys in params train.pretrain: {unknown}")
+            raise QualituneError(f"unknown keys in params train.pretrain: {unknown}")
         if not pre.pop("enabled", False):
             return None
         base = {k: v for k, v in cfg.items() if k in cls.__dataclass_fields__}
@@ -196,7 +199,7 @@ class TrainSettings:
             merged["vital"] = {**base["vital"], **pre["vital"]}
         settings = cls.from_params(merged)
         if settings.method != "vital" or settings.vital.target != "pmod":
-            raise ValueError(
+            raise QualituneError(
                 "train.pretrain is VITAL's PMOD pre-training: it needs method: vital with "
                 f"vital.target: pmod, got method {settings.method!r}, target {settings.vital.target!r}"
             )
@@ -204,7 +207,7 @@ class TrainSettings:
         # the second phase continues the first one's weights: the same mode, or the projector +
         # LoRA of `warmup` followed by the same LoRA alone (LLaVA's order: align, then fine-tune)
         if settings.tuning != main and (settings.tuning, main) != ("warmup", "lora"):
-            raise ValueError(
+            raise QualituneError(
                 "train.pretrain.tuning must equal train.tuning, or be warmup before lora: the second "
                 f"phase continues the same trainable weights (got {settings.tuning!r} vs {main!r})"
             )
@@ -244,7 +247,7 @@ class Phase:
 def build_phases(df: pd.DataFrame, s: TrainSettings) -> list[Phase]:
     """The recipe as phases of examples (train split rows in `df`)."""
     if len(df) == 0:
-        raise ValueError("no training rows (is there a train split?)")
+        raise QualituneError("no training rows (is there a train split?)")
     if s.max_train_samples is not None:
         n = int(s.max_train_samples)
         df = df.sample(n=min(n, len(df)), random_state=s.seed).sort_index()
@@ -697,7 +700,7 @@ def train(
     cache = None
     if settings.cache_vision:
         if not vision_is_frozen(model):
-            raise ValueError(
+            raise QualituneError(
                 f"train.cache_vision needs a frozen vision tower and projector (tuning: lora), "
                 f"but tuning {settings.tuning!r} trains them"
             )
@@ -937,12 +940,12 @@ def _load_checkpoint(path: Path, acc, model, optimizer, scheduler, fp: str) -> i
 
     state = json.loads((path / "state.json").read_text())
     if state["fingerprint"] != fp:
-        raise ValueError(
+        raise QualituneError(
             f"checkpoint {path} was made for other settings or data (fingerprint {state['fingerprint']} != {fp}); "
             "delete the checkpoint folder or set train.resume: false to start over"
         )
     if state.get("world_size", 1) != acc.num_processes:
-        raise ValueError(
+        raise QualituneError(
             f"checkpoint {path} was written by {state.get('world_size')} processes, this run has {acc.num_processes}"
         )
     weights = load_file(str(path / "trainable.safetensors"))
@@ -950,7 +953,7 @@ def _load_checkpoint(path: Path, acc, model, optimizer, scheduler, fp: str) -> i
     with torch.no_grad():
         for name, value in weights.items():
             if name not in named:
-                raise ValueError(f"checkpoint {path} has weight {name} the model lacks")
+                raise QualituneError(f"checkpoint {path} has weight {name} the model lacks")
             named[name].copy_(value.to(named[name].device, named[name].dtype))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))

@@ -12,7 +12,7 @@ Settings are the ``tune`` section of ``params.yaml``::
         lora_r: [8, 16, 32]        # categorical; alpha = 2 * r; only with train.tuning lora/warmup
         label_range: [[1, 5], [10, 50], [0, 100]]
 
-Each trial deep-merges its suggestions into params and runs :func:`qualitune.stages.train.train_scorer`,
+Each trial deep-merges its suggestions into params and runs :func:`qualitune.pipeline.train.train_scorer`,
 which reports the validation ``final`` (``(SRCC + PLCC) / 2`` of the ``expected`` mode) after every
 epoch so that the median pruner can stop hopeless trials. The best trial's suggestions are written to
 ``tune.out`` as a partial params mapping that the train stage overlays (``train.tuned_params``).
@@ -49,6 +49,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from qualitune.config import deep_merge
+from qualitune.errors import QualituneError
 from qualitune.progress import Progress
 
 log = logging.getLogger("qualitune.tune")
@@ -120,7 +121,7 @@ class TuneSettings:
             if key in raw:
                 value = raw[key]
                 if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{SECTION}.{key} must be a non-empty string, got {value!r}")
+                    raise QualituneError(f"{SECTION}.{key} must be a non-empty string, got {value!r}")
                 kw[key] = value.strip()
         for key, minimum in (("n_trials", 0), ("heartbeat_s", 1), ("grace_s", 1), ("max_failures", 1)):
             if key in raw:
@@ -128,7 +129,7 @@ class TuneSettings:
         if raw.get("timeout_s") is not None:
             timeout = raw["timeout_s"]
             if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-                raise ValueError(
+                raise QualituneError(
                     f"{SECTION}.timeout_s must be seconds > 0 (or null for no limit), got {timeout!r}"
                 )
             kw["timeout_s"] = float(timeout)
@@ -136,7 +137,7 @@ class TuneSettings:
             kw["seed"] = None if raw["seed"] is None else _int(raw["seed"], f"{SECTION}.seed", 0)
         if "direction" in raw:
             if raw["direction"] not in ("maximize", "minimize"):
-                raise ValueError(
+                raise QualituneError(
                     f"{SECTION}.direction must be maximize or minimize, got {raw['direction']!r}"
                 )
             kw["direction"] = raw["direction"]
@@ -146,7 +147,7 @@ class TuneSettings:
             kw["space"] = _normalise_space(raw["space"])
         settings = cls(**kw)
         if settings.grace_s <= settings.heartbeat_s:
-            raise ValueError(f"{SECTION}.grace_s must be larger than {SECTION}.heartbeat_s")
+            raise QualituneError(f"{SECTION}.grace_s must be larger than {SECTION}.heartbeat_s")
         return settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,7 +158,7 @@ class TuneSettings:
 
 def _int(value: Any, key: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
+        raise QualituneError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
@@ -165,10 +166,10 @@ def _pruner(raw: Any) -> PrunerSettings:
     if raw is None or raw is False:
         return PrunerSettings(enabled=False)
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{SECTION}.pruner must be a mapping (n_startup_trials, n_warmup_steps) or null")
+        raise QualituneError(f"{SECTION}.pruner must be a mapping (n_startup_trials, n_warmup_steps) or null")
     unknown = sorted(set(raw) - {"n_startup_trials", "n_warmup_steps"})
     if unknown:
-        raise ValueError(f"unknown key(s) in {SECTION}.pruner: {unknown}")
+        raise QualituneError(f"unknown key(s) in {SECTION}.pruner: {unknown}")
     return PrunerSettings(
         enabled=True,
         n_startup_trials=_int(raw.get("n_startup_trials", 5), f"{SECTION}.pruner.n_startup_trials", 0),
@@ -189,56 +190,56 @@ def parse_range_key(key: str) -> list[int]:
 def _normalise_space(raw: Any) -> dict[str, Any]:
     """Validate ``tune.space``; a key left out (or null) is not searched, its params value stays."""
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{SECTION}.space must be a mapping with keys from {list(_SPACE_KEYS)}")
+        raise QualituneError(f"{SECTION}.space must be a mapping with keys from {list(_SPACE_KEYS)}")
     unknown = sorted(set(raw) - set(_SPACE_KEYS))
     if unknown:
-        raise ValueError(f"unknown key(s) in {SECTION}.space: {unknown}; known: {list(_SPACE_KEYS)}")
+        raise QualituneError(f"unknown key(s) in {SECTION}.space: {unknown}; known: {list(_SPACE_KEYS)}")
     space: dict[str, Any] = {}
     if raw.get("lr") is not None:
         lo, hi = _pair(raw["lr"], "lr", float)  # float(): YAML 1.1 reads `3e-4` (no dot) as a string
         if not 0 < lo <= hi:
-            raise ValueError(
+            raise QualituneError(
                 f"{SECTION}.space.lr must be [low, high] with 0 < low <= high, got {raw['lr']!r}"
             )
         space["lr"] = [lo, hi]
     if raw.get("epochs") is not None:
         lo, hi = _pair(raw["epochs"], "epochs", int)
         if not 0 <= lo <= hi:
-            raise ValueError(f"{SECTION}.space.epochs must be [low, high] with 0 <= low <= high")
+            raise QualituneError(f"{SECTION}.space.epochs must be [low, high] with 0 <= low <= high")
         space["epochs"] = [lo, hi]
     if raw.get("lora_r") is not None:
         choices = raw["lora_r"]
         if not isinstance(choices, list | tuple) or not choices:
-            raise ValueError(f"{SECTION}.space.lora_r must be a non-empty list of ranks, got {choices!r}")
+            raise QualituneError(f"{SECTION}.space.lora_r must be a non-empty list of ranks, got {choices!r}")
         ranks = [_int(r, f"{SECTION}.space.lora_r[]", 1) for r in choices]
         if len(set(ranks)) != len(ranks):
-            raise ValueError(f"{SECTION}.space.lora_r has duplicates: {ranks}")
+            raise QualituneError(f"{SECTION}.space.lora_r has duplicates: {ranks}")
         space["lora_r"] = ranks
     if raw.get("label_range") is not None:
         choices = raw["label_range"]
         if not isinstance(choices, list | tuple) or not choices:
-            raise ValueError(f"{SECTION}.space.label_range must be a non-empty list of [lo, hi] pairs")
+            raise QualituneError(f"{SECTION}.space.label_range must be a non-empty list of [lo, hi] pairs")
         ranges = []
         for c in choices:
             lo, hi = _pair(c, "label_range[]", int)
             if not 0 <= lo < hi:
-                raise ValueError(f"{SECTION}.space.label_range: {c!r} needs 0 <= lo < hi")
+                raise QualituneError(f"{SECTION}.space.label_range: {c!r} needs 0 <= lo < hi")
             ranges.append([lo, hi])
         if len({tuple(r) for r in ranges}) != len(ranges):
-            raise ValueError(f"{SECTION}.space.label_range has duplicates: {ranges}")
+            raise QualituneError(f"{SECTION}.space.label_range has duplicates: {ranges}")
         space["label_range"] = ranges
     return space
 
 
 def _pair(value: Any, key: str, cast: Callable[[Any], Any]) -> tuple[Any, Any]:
     if not isinstance(value, list | tuple) or len(value) != 2:
-        raise ValueError(f"{SECTION}.space.{key} must be a [low, high] pair, got {value!r}")
+        raise QualituneError(f"{SECTION}.space.{key} must be a [low, high] pair, got {value!r}")
     try:
         lo, hi = cast(value[0]), cast(value[1])
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{SECTION}.space.{key} must hold numbers, got {value!r}") from e
+        raise QualituneError(f"{SECTION}.space.{key} must hold numbers, got {value!r}") from e
     if cast is int and (float(value[0]) != lo or float(value[1]) != hi):
-        raise ValueError(f"{SECTION}.space.{key} must hold integers, got {value!r}")
+        raise QualituneError(f"{SECTION}.space.{key} must hold integers, got {value!r}")
     return lo, hi
 
 
@@ -331,7 +332,7 @@ class Objective:
         self.lost: int | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from qualitune.stages.train import train_scorer
+        from qualitune.pipeline.train import train_scorer
 
         settings = self.settings
         below = [t for t in trial.study.get_trials(deepcopy=False, states=_LIVE) if t.number < trial.number]
@@ -490,7 +491,7 @@ def load_study(settings: TuneSettings, *, attempts: int = 10) -> optuna.Study:
                 raise
             time.sleep(0.1 + random.random() * 0.5)
     if study.direction.name.lower() != settings.direction:
-        raise ValueError(
+        raise QualituneError(
             f"study {settings.study_name!r} in {_safe_url(settings.storage)} was created to "
             f"{study.direction.name.lower()}, but {SECTION}.direction is {settings.direction}"
         )

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from qualitune.errors import QualituneError
 from qualitune.manifest import (
     MEDIA_KINDS,
     NORM_MAX,
@@ -245,7 +246,7 @@ def validate_manifest(
 
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise QualituneError(
             f"manifest lacks required columns {missing}; it has {list(df.columns)}. "
             "Re-create it with `qualitune ingest`."
         )
@@ -290,7 +291,7 @@ def validate_manifest(
         for i in idx:
             reasons.setdefault(int(i), []).append(check.reason(derived.loc[int(i)]))
     if table_failures:
-        raise ValueError(f"manifest fails table-level expectations: {', '.join(table_failures)}")
+        raise QualituneError(f"manifest fails table-level expectations: {', '.join(table_failures)}")
 
     bad = sorted(reasons)
     quarantine = base.loc[bad].copy()
@@ -352,7 +353,7 @@ def stable_html(page: str) -> str:
     return _STAMP.sub("(run time not recorded in this page)", page)
 
 
-class GateFailed(ValueError):
+class GateFailed(QualituneError):
     """The failing share exceeded the threshold; outputs were still written for inspection."""
 
 

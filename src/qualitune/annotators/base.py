@@ -16,12 +16,14 @@ from typing import ClassVar
 
 import numpy as np
 
+from qualitune.errors import QualituneError
 
-class AnnotatorError(ValueError):
+
+class AnnotatorError(QualituneError):
     """An annotator cannot score this particular image (too small, flat, ...)."""
 
 
-class UnknownAnnotatorError(ValueError):
+class UnknownAnnotatorError(QualituneError):
     """The name is not a known annotator, or its optional dependency is missing."""
 
 
@@ -68,12 +70,12 @@ def check_rgb(rgb: np.ndarray) -> None:
     if not isinstance(rgb, np.ndarray):
         raise TypeError(f"expected a numpy array, got {type(rgb).__name__}")
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(
+        raise QualituneError(
             f"expected an HxWx3 uint8 RGB array, got shape {rgb.shape} dtype {rgb.dtype}; "
             "decode files with qualitune.media.load_image (it converts grey, alpha, CMYK and 16-bit)"
         )
     if rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise ValueError(f"image has no pixels: shape {rgb.shape}")
+        raise QualituneError(f"image has no pixels: shape {rgb.shape}")
 
 
 _FACTORIES: dict[str, Callable[[], Annotator]] = {}
@@ -87,40 +89,3 @@ def register(
     """Register an annotator factory. `unavailable_reason()` returns None when usable, else why not."""
     _FACTORIES[name] = factory
     _AVAILABLE[name] = unavailable_reason or (lambda: None)
-
-
-def _ensure_builtin() -> None:
-    # Registration lives in the annotator modules; importing them here keeps `base` importable alone.
-    from qualitune.annotators import brisque, fast, learned, niqe, piqe  # noqa: F401
-
-
-def available_annotators() -> list[str]:
-    """Names usable here (optional ones only when their dependency is importable), sorted."""
-    _ensure_builtin()
-    return sorted(n for n, why in _AVAILABLE.items() if why() is None)
-
-
-def get_annotator(name: str) -> Annotator:
-    """The (per-process cached) annotator called `name`, or `UnknownAnnotatorError` saying why not."""
-    _ensure_builtin()
-    if name in _INSTANCES:
-        return _INSTANCES[name]
-    if name not in _FACTORIES:
-        raise UnknownAnnotatorError(f"unknown annotator {name!r}; known: {', '.join(available_annotators())}")
-    why = _AVAILABLE[name]()
-    if why is not None:
-        raise UnknownAnnotatorError(f"annotator {name!r} is not available here: {why}")
-    inst = _FACTORIES[name]()
-    _INSTANCES[name] = inst
-    return inst
-
-
-def resolve_annotators(names: Iterable[str]) -> list[Annotator]:
-    """Validate a list of names up front (so a typo fails before hours of scoring), keeping order."""
-    names = list(names)
-    if not names:
-        raise ValueError(f"no annotator given; known: {', '.join(available_annotators())}")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"annotator(s) listed twice: {', '.join(dupes)}")
-    return [get_annotator(n) for n in names]

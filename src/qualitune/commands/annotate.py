@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from qualitune.errors import QualituneError
 from qualitune.media import IMAGE_EXTS, VIDEO_EXTS
 
 MEDIA_EXTS = IMAGE_EXTS | VIDEO_EXTS
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_annotators(names)  # unknown names fail here, listing the known ones
     missing = [item for item in args.paths if not Path(item).exists()]
     if missing:  # a typo in a path is not a file that failed to decode
-        raise ValueError(
+        raise QualituneError(
             f"{len(missing)} path(s) not found: {', '.join(missing[:5])}"
             + (" ..." if len(missing) > 5 else "")
             + "; give existing media files or folders"
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     refused: dict[str, str] = {}
     paths = expand_paths(args.paths, refused)
     if not paths and not refused:
-        raise ValueError(
+        raise QualituneError(
             f"no media files found in {', '.join(args.paths)} (extensions: {sorted(MEDIA_EXTS)})"
         )
     df = annotate_paths(paths, names, n_frames=args.frames, workers=args.workers, cache_dir=args.cache)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from qualitune.commands import add_model_runtime_arguments, default_device
+from qualitune.errors import QualituneError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     roots = [Path(r) for r in args.root]
     for r in roots:
         if not r.is_dir():
-            raise ValueError(f"--root {r}: not a folder")
+            raise QualituneError(f"--root {r}: not a folder")
     names = [r.resolve().name for r in roots]
     if len(set(names)) != len(names):
-        raise ValueError(f"the roots' folder names key the output, so they must differ: {names}")
+        raise QualituneError(f"the roots' folder names key the output, so they must differ: {names}")
     scorer = Scorer.load(args.model, device=default_device(args.device), dtype=args.dtype)
     results = {}
     for name, root in zip(names, roots, strict=True):

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qualitune.config import load_params
-    from qualitune.stages.register import register_scorer
+    from qualitune.pipeline.register import register_scorer
 
     decision = register_scorer(load_params(args.params), scorer_dir=args.scorer, data=args.data)
     print(json.dumps(decision.to_dict(), indent=2))

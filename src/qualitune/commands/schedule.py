@@ -13,6 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from qualitune.errors import QualituneError
+
 ENTRYPOINT = "flows/retrain.py:retrain"
 FLOW_NAME = "qualitune-retrain"  # flows/retrain.py FLOW_NAME
 
@@ -46,7 +48,7 @@ def _api_url() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise ValueError(
+        raise QualituneError(
             "no Prefect API configured: a schedule needs a running server. Start one with "
             "`prefect server start` and point clients at it with "
             "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` (or export PREFECT_API_URL)"
@@ -61,7 +63,9 @@ def _check_cron(cron: str, timezone: str) -> None:
         CronSchedule(cron=cron, timezone=timezone)
     except ValueError as exc:
         first = str(exc).splitlines()
-        raise ValueError(f"invalid --cron {cron!r} or --timezone {timezone!r}: {first[-1].strip()}") from exc
+        raise QualituneError(
+            f"invalid --cron {cron!r} or --timezone {timezone!r}: {first[-1].strip()}"
+        ) from exc
 
 
 def ensure_process_pool(name: str, create: bool) -> str:
@@ -75,7 +79,7 @@ def ensure_process_pool(name: str, create: bool) -> str:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
             if not create:
-                raise ValueError(
+                raise QualituneError(
                     f"work pool {name!r} not found on {_api_url()}: create it with "
                     f"`prefect work-pool create {name} --type process` or pass --create-pool"
                 ) from None
@@ -88,7 +92,7 @@ def ensure_process_pool(name: str, create: bool) -> str:
             )
             print(f"created work pool {name!r} (type process)")
     if pool.type != "process":
-        raise ValueError(
+        raise QualituneError(
             f"work pool {name!r} has type {pool.type!r}; this command deploys the project folder as is, "
             "which needs a `process` pool (a worker on a machine with the project)"
         )
@@ -100,17 +104,17 @@ def deploy(args: argparse.Namespace) -> Any:
 
     project = Path(args.project).resolve()
     if not (project / ENTRYPOINT.split(":")[0]).is_file() or not (project / "dvc.yaml").is_file():
-        raise ValueError(
+        raise QualituneError(
             f"{project} is not a qualitune project (needs dvc.yaml and {ENTRYPOINT.split(':')[0]})"
         )
     if args.retries < 0 or args.retry_delay < 0:
-        raise ValueError("--retries and --retry-delay must be >= 0")
+        raise QualituneError("--retries and --retry-delay must be >= 0")
     _check_cron(args.cron, args.timezone)
     url = _api_url()
     try:
         return _deploy(args, project, url)
     except httpx.TransportError as exc:  # not a 74-line traceback: which URL, and what to do
-        raise ValueError(
+        raise QualituneError(
             f"the Prefect API at {url} cannot be reached ({type(exc).__name__}: {exc}). Start a "
             "server with `prefect server start`, or point PREFECT_API_URL at a running one "
             "(`prefect config set PREFECT_API_URL=http://HOST:4200/api`)"

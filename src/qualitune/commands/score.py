@@ -16,6 +16,7 @@ import json
 import sys
 
 from qualitune.commands import add_model_runtime_arguments, default_device
+from qualitune.errors import QualituneError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     refused: dict[str, str] = {}  # links out of a folder given: a row each with the reason, never read
     paths = expand_paths(args.paths, refused)
     if not paths and not refused:
-        raise ValueError(f"no media files found in {', '.join(args.paths)}")
+        raise QualituneError(f"no media files found in {', '.join(args.paths)}")
     refused_rows = [{"path": p, "score": None, "error": why} for p, why in refused.items()]
     if args.out is not None:
         return _run_to_file(args, paths, refused_rows)
@@ -96,7 +97,7 @@ def _run_to_file(args: argparse.Namespace, paths: list, refused_rows: list[dict]
     from qualitune.scorer import Scorer
 
     if args.chunk < 1:
-        raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
+        raise QualituneError(f"--chunk must be >= 1, got {args.chunk}")
     out = ScoreFile(args.out, model=args.model, mode=args.mode)
     done = out.done
     todo = [str(p) for p in paths if key(p) not in done]

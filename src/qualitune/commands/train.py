@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qualitune.config import load_params
-    from qualitune.stages.train import train_scorer
+    from qualitune.pipeline.train import train_scorer
 
     train_scorer(load_params(args.params), data=args.data)
     return 0

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m qualitune.commands.tune`: the same command without the `qualitune` launcher."""
+    from qualitune.errors import EXIT_USER_ERROR, QualituneError
     from qualitune.logs import setup as setup_logging
 
     parser = argparse.ArgumentParser(prog="qualitune tune")
@@ -68,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup_logging()
         return run(args)
-    except ValueError as exc:
+    except QualituneError as exc:
         print(f"qualitune tune: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ from collections.abc import Callable
 from typing import Any
 
 from qualitune.config import DEFAULT_PARAMS, load_params
+from qualitune.errors import EXIT_USER_ERROR, QualituneError
 from qualitune.logs import setup as setup_logging
 
 
 def stage_main(name: str, body: Callable[[dict[str, Any]], int], argv: list[str] | None = None) -> int:
     """The shared shell of every stage: `--params`, logging, and user errors as a message + exit 2.
 
-    A failing stage must fail `dvc repro` with a readable reason, not a traceback; bugs still raise.
+    A failing stage must fail `dvc repro` with a readable reason, not a traceback; bugs (anything but
+    a `QualituneError`) still raise with theirs.
     """
     parser = argparse.ArgumentParser(
         prog=f"python -m qualitune.stages.{name}", description=f"DVC stage {name!r}"
@@ -24,6 +26,6 @@ def stage_main(name: str, body: Callable[[dict[str, Any]], int], argv: list[str]
     try:
         setup_logging()  # QUALITUNE_LOG_LEVEL=DEBUG dvc repro for everything
         return int(body(load_params(args.params)) or 0)
-    except ValueError as exc:
+    except QualituneError as exc:
         print(f"{name} stage: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from qualitune.config import section
+from qualitune.errors import QualituneError
 from qualitune.stages import stage_main
 
 
@@ -20,10 +21,10 @@ def run_stage(params: dict[str, Any]) -> int:
     cfg = section(params, "ingest")
     missing = [k for k in ("format", "root", "out") if not cfg.get(k)]
     if missing:
-        raise ValueError(f"params section 'ingest' lacks {missing}; it has {sorted(cfg)}")
+        raise QualituneError(f"params section 'ingest' lacks {missing}; it has {sorted(cfg)}")
     options = cfg.get("options") or {}
     if not isinstance(options, dict):
-        raise ValueError(f"params ingest.options must be a mapping, got {type(options).__name__}")
+        raise QualituneError(f"params ingest.options must be a mapping, got {type(options).__name__}")
     manifest = ingest_to_file(
         str(cfg["format"]),
         cfg["root"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from qualitune.errors import QualituneError
 from qualitune.stages import stage_main
 
 
@@ -21,7 +22,7 @@ def run_stage(params: dict[str, Any]) -> int:
     if not summary["written"]:
         if summary.get("running", 0) > 0:  # another worker's trials will decide; it writes the file
             return 0
-        raise ValueError(
+        raise QualituneError(
             f"no trial of study {summary['study']!r} completed, so {summary['out']} was not written"
         )
     return 0

@@ -1,0 +1,152 @@
+"""Evaluating a scorer from params: the `evaluate` stage's work (also the retraining flow's), per split,
+dataset and scoring mode.
+
+Writes DVC metrics (`evaluate.metrics`: SRCC, KRCC, PLCC raw and after the VQEG logistic fit, RMSE,
+final, parse failures, instability, grounding for two-stage scorers), the predicted-vs-MOS scatter
+(a DVC plot), all predictions, the logit-lens table + heatmap and the attention-share table + plot,
+and logs them to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from qualitune.config import section
+from qualitune.jsonable import numeric_only
+
+log = logging.getLogger("qualitune.evaluate")
+
+DEFAULT_PARAPHRASES = (
+    "Rate the visual quality of this {media} on an integer scale from {lo} to {hi}, where {lo} is the worst "
+    "and {hi} the best quality. Answer with the integer only.",
+    "How good is the quality of this {media}? Reply with one integer between {lo} and {hi} ({hi} is best).",
+    "Give this {media} a quality score from {lo} (worst) to {hi} (best). Only the integer.",
+)
+
+
+def _sample(df, n: int, seed: int):
+    return df if len(df) <= n else df.sample(n=n, random_state=seed)
+
+
+def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) -> dict[str, Any]:
+    import pandas as pd
+
+    from qualitune import analysis, plots
+    from qualitune.baselines import evaluate_baselines
+    from qualitune.evaluate import evaluate_split
+    from qualitune.manifest import read_manifest
+    from qualitune.progress import Progress
+    from qualitune.scorer import Scorer
+    from qualitune.tracking import log_artifacts, log_metrics, start_run, tracking_settings
+
+    cfg = section(params, "evaluate")
+    ref = scorer_ref or section(params, "train")["out"]
+    data = cfg.get("data") or section(params, "pmod")["out"]
+    df = read_manifest(data)
+    scorer = Scorer.load(ref, feature_store=section(params, "model").get("feature_cache"))
+    modes = list(cfg.get("modes", ["expected", "greedy"]))
+    batch = int(cfg.get("batch_size", 8))
+    seed = int(cfg.get("seed", 0))
+    out_paths = {k: Path(cfg[k]) for k in ("metrics", "predictions", "scatter")}
+    for p in out_paths.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+
+    metrics: dict[str, Any] = {}
+    preds = []
+    for split in cfg.get("splits", ["val", "test"]):
+        part = df[df["split"] == split]
+        if len(part) == 0:
+            log.warning("no %s rows in %s; skipped", split, data)
+            continue
+        m, p = evaluate_split(scorer, part, modes=modes, batch_size=batch)
+        metrics[split] = m
+        for mode, table in p.items():
+            preds.append(table.assign(mode=mode, dataset=part["dataset"].astype(str).to_numpy()))
+        if part["dataset"].nunique() > 1:
+            metrics[f"{split}_by_dataset"] = {
+                name: evaluate_split(scorer, g, modes=modes, batch_size=batch)[0]
+                for name, g in part.groupby("dataset")
+            }
+    splits = [s for s in cfg.get("splits", ["val", "test"]) if s in metrics]
+    log.info("baselines: encoder features of %d items for the linear probe", len(df))
+    progress = Progress(len(df), "linear probe: encoder features", "files")
+    base, probe_info = evaluate_baselines(scorer, df, splits, batch_size=batch, on_progress=progress.report)
+    for split in splits:
+        metrics[split]["baselines"] = base.get(split, {})
+    metrics["linear_probe"] = probe_info
+    predictions = pd.concat(preds, ignore_index=True)
+    predictions.drop(columns=["levels"], errors="ignore").to_csv(out_paths["predictions"], index=False)
+    scatter = predictions[predictions["mode"] == modes[0]][["item_id", "split", "mos_norm", "score_1_5"]]
+    scatter.to_csv(out_paths["scatter"], index=False)
+    plots.scatter_by_split(scatter, cfg["scatter_plot"])
+
+    val = df[df["split"] == "val"]
+    inst_cfg = dict(cfg.get("instability", {}))
+    inst_items = _sample(val, int(inst_cfg.get("sample", 32)), seed)["path"].astype(str).tolist()
+    metrics["instability"] = analysis.instability(
+        scorer,
+        inst_items,
+        repeats=int(inst_cfg.get("repeats", 4)),
+        temperature=float(inst_cfg.get("temperature", 0.7)),
+        paraphrases=inst_cfg.get("paraphrases") or DEFAULT_PARAPHRASES,
+        batch_size=batch,
+        seed=seed,
+    )
+    if scorer.spec.two_stage:
+        val_pred = predictions[(predictions["split"] == "val") & (predictions["mode"] == modes[0])]
+        metrics["grounding"] = analysis.grounding(
+            val_pred["description"].fillna("").tolist(), val_pred["score_1_5"].tolist()
+        )
+
+    lens_cfg = dict(cfg.get("lens", {}))
+    lens_items = _sample(val, int(lens_cfg.get("sample", 8)), seed)["path"].astype(str).tolist()
+    lens = analysis.logit_lens(scorer, lens_items, top_k=int(lens_cfg.get("top_k", 5)))
+    lens.to_csv(lens_cfg["table"], index=False)
+    plots.logit_lens_heatmap(
+        analysis.candidate_lens(scorer, lens_items),
+        lens_cfg["heatmap"],
+        title="logit lens: answer-token probability per layer",
+    )
+    att_cfg = dict(cfg.get("attention", {}))
+    att_items = _sample(val, int(att_cfg.get("sample", 8)), seed)["path"].astype(str).tolist()
+    att = analysis.attention_shares(scorer, att_items)
+    att.to_csv(att_cfg["table"], index=False)
+    plots.attention_shares(att, att_cfg["plot"])
+
+    out_paths["metrics"].write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    with start_run(
+        tracking_settings(params),
+        "evaluate",
+        params={"evaluate": cfg, "scorer": str(ref)},
+        tags={"stage": "evaluate"},
+    ):
+        log_metrics(numeric_only(metrics))
+        for path in (*out_paths.values(), lens_cfg["table"], att_cfg["table"]):
+            log_artifacts(path, "evaluate")
+        # the pictures, together on the run page: this run's and the PMOD stage's calibration curves
+        calibration_png = section(params, "pmod").get("calibration_png")
+        for path in (cfg["scatter_plot"], lens_cfg["heatmap"], att_cfg["plot"], calibration_png):
+            if path and Path(path).is_file():
+                log_artifacts(path, "plots")
+    log.debug("instability: %s", metrics["instability"])
+    return metrics
+
+
+def summary_line(metrics: dict[str, Any], mode: str) -> str:
+    """`evaluate: test SRCC 0.832 PLCC 0.857 (probe 0.770, PMOD mean 0.554); val ...; level changed 0.31`."""
+    parts = []
+    for split in (s for s in ("test", "val", "train") if s in metrics):
+        m, base = metrics[split].get(mode, {}), metrics[split].get("baselines", {})
+        extra = ", ".join(f"{n.replace('_', ' ')} {b['srcc']:.3f}" for n, b in base.items())
+        failures = m.get("parse_failures", 0) + m.get("media_errors", 0)
+        parts.append(
+            f"{split} SRCC {m.get('srcc', float('nan')):.3f} PLCC {m.get('plcc', float('nan')):.3f}"
+            + (f" ({extra})" if extra else "")
+            + (f", {failures} not scored" if failures else "")
+        )
+    inst = metrics.get("instability", {}).get("share_level_changed")
+    tail = f"; level changed on {inst:.0%} of repeated queries" if inst is not None else ""
+    return f"evaluate ({mode}): " + "; ".join(parts) + tail
