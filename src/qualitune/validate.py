@@ -23,10 +23,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from qualitune.errors import QualituneError
+from qualitune.jsonable import json_default
 from qualitune.manifest import (
     MEDIA_KINDS,
     NORM_MAX,
@@ -386,7 +386,7 @@ def run_validation(
     outcome.quarantine.to_csv(qpath, index=False)
     rpath = Path(report)
     rpath.parent.mkdir(parents=True, exist_ok=True)
-    rpath.write_text(json.dumps(outcome.report, indent=2, default=_json_default) + "\n")
+    rpath.write_text(json.dumps(outcome.report, indent=2, default=json_default) + "\n")
     if html is not None and outcome.html:
         Path(html).parent.mkdir(parents=True, exist_ok=True)
         Path(html).write_text(outcome.html)
@@ -395,12 +395,16 @@ def run_validation(
     return outcome
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    return str(o)
+def write_metrics(outcome: ValidationOutcome, path: str | Path) -> Path:
+    """A flat metrics file for `dvc metrics show`: row counts, the failing share, rows per split (the
+    full report stays in `validate.report`)."""
+    r = outcome.report
+    flat = {k: r[k] for k in ("n_rows", "n_valid", "n_quarantined", "fail_share")}
+    flat |= {f"n_{s}": n for s, n in r["per_split"].items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(flat, indent=2) + "\n")
+    return path
 
 
 def summary(outcome: ValidationOutcome, max_lines: int = 10) -> str:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
 from qualitune.config import section
 from qualitune.stages import stage_main
-from qualitune.validate import GateFailed, run_validation, summary
+from qualitune.validate import GateFailed, run_validation, summary, write_metrics
 
 
 def run_stage(params: dict) -> int:
@@ -28,12 +26,7 @@ def run_stage(params: dict) -> int:
         return 1
     print(summary(outcome))
     if cfg.get("metrics"):
-        # a flat metrics file for `dvc metrics show` (the full report stays in `validate.report`)
-        r = outcome.report
-        flat = {k: r[k] for k in ("n_rows", "n_valid", "n_quarantined", "fail_share")}
-        flat |= {f"n_{s}": n for s, n in r["per_split"].items()}
-        Path(cfg["metrics"]).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg["metrics"]).write_text(json.dumps(flat, indent=2) + "\n")
+        write_metrics(outcome, cfg["metrics"])
     return 0
 
 
