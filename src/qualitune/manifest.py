@@ -8,9 +8,8 @@ be concatenated) and mapped linearly onto 1–5 as `mos_norm`, higher always mea
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -56,44 +55,6 @@ def normalize_std(std: np.ndarray | pd.Series, scale: tuple[float, float]) -> np
     """A standard deviation on the source scale, expressed on the 1–5 scale (scales, no shift)."""
     lo, hi = float(scale[0]), float(scale[1])
     return np.asarray(std, dtype=np.float64) * (NORM_MAX - NORM_MIN) / (hi - lo)
-
-
-def _stable_rank(ids: Iterable[str], seed: int) -> np.ndarray:
-    """A per-item pseudo-random number from a hash of (seed, id).
-
-    Unlike a permuted index, an item keeps its split when other items are added or removed, so
-    adding data to a dataset never moves an old training item into the test split.
-    """
-    out = []
-    for item in ids:
-        h = hashlib.sha256(f"{seed}:{item}".encode()).digest()
-        out.append(int.from_bytes(h[:8], "big") / 2**64)
-    return np.asarray(out, dtype=np.float64)
-
-
-def seeded_split(
-    ids: Iterable[str], ratios: Mapping[str, float], seed: int, groups: Iterable[str] | None = None
-) -> np.ndarray:
-    """Assign each id to a split with the given ratios (normalised to sum 1), reproducibly.
-
-    With `groups` (e.g. KADID's reference image), all items of a group share a split, so the same
-    content never appears in both train and test.
-    """
-    ids = list(ids)
-    names = [s for s in ratios if ratios[s] > 0]
-    if not names:
-        raise ValueError(f"split ratios must have a positive entry, got {dict(ratios)}")
-    unknown = set(names) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown split names {sorted(unknown)}; use {SPLITS}")
-    w = np.asarray([float(ratios[s]) for s in names])
-    edges = np.cumsum(w / w.sum())
-    keys = list(groups) if groups is not None else ids
-    if len(keys) != len(ids):
-        raise ValueError("groups must have one entry per id")
-    u = _stable_rank(keys, seed)
-    idx = np.searchsorted(edges, u, side="right").clip(0, len(names) - 1)
-    return np.asarray(names, dtype=object)[idx]
 
 
 def make_manifest(

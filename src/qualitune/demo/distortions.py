@@ -3,7 +3,7 @@
 Each distortion carries the slug of the KADID-10k type it reproduces and KADID's own parameter
 ladder (from the generator `imdist_generator.m` released with KADID-10k / KADIS-700k), so the
 demo dataset can label every item with the human DMOS KADID measured for that type and level
-(`qualitune.demo_data`). Level 1 is KADID's mildest setting, level 5 its strongest.
+(`qualitune.demo`). Level 1 is KADID's mildest setting, level 5 its strongest.
 
 Deliberate simplifications, kept small because the MOS is borrowed, not measured:
 - KADID min-max stretches every image before and after distorting (`mapmm`); we do not, so a
