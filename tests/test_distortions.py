@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qualitune import distortions as D
-from qualitune.demo_data import load_kadid_table, photo_path
+from qualitune.demo import distortions as D
+from qualitune.demo import load_kadid_table, photo_path
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,14 @@ be concatenated) and mapped linearly onto 1–5 as `mos_norm`, higher always mea
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from qualitune.errors import QualituneError
 
 SPLITS = ("train", "val", "test")
 MEDIA_KINDS = ("image", "video")
@@ -45,7 +46,7 @@ def normalize_mos(
     """
     lo, hi = float(scale[0]), float(scale[1])
     if not hi > lo:
-        raise ValueError(f"scale must satisfy min < max, got [{lo}, {hi}]")
+        raise QualituneError(f"scale must satisfy min < max, got [{lo}, {hi}]")
     x = (np.asarray(mos, dtype=np.float64) - lo) / (hi - lo)
     if not higher_is_better:
         x = 1.0 - x
@@ -56,44 +57,6 @@ def normalize_std(std: np.ndarray | pd.Series, scale: tuple[float, float]) -> np
     """A standard deviation on the source scale, expressed on the 1–5 scale (scales, no shift)."""
     lo, hi = float(scale[0]), float(scale[1])
     return np.asarray(std, dtype=np.float64) * (NORM_MAX - NORM_MIN) / (hi - lo)
-
-
-def _stable_rank(ids: Iterable[str], seed: int) -> np.ndarray:
-    """A per-item pseudo-random number from a hash of (seed, id).
-
-    Unlike a permuted index, an item keeps its split when other items are added or removed, so
-    adding data to a dataset never moves an old training item into the test split.
-    """
-    out = []
-    for item in ids:
-        h = hashlib.sha256(f"{seed}:{item}".encode()).digest()
-        out.append(int.from_bytes(h[:8], "big") / 2**64)
-    return np.asarray(out, dtype=np.float64)
-
-
-def seeded_split(
-    ids: Iterable[str], ratios: Mapping[str, float], seed: int, groups: Iterable[str] | None = None
-) -> np.ndarray:
-    """Assign each id to a split with the given ratios (normalised to sum 1), reproducibly.
-
-    With `groups` (e.g. KADID's reference image), all items of a group share a split, so the same
-    content never appears in both train and test.
-    """
-    ids = list(ids)
-    names = [s for s in ratios if ratios[s] > 0]
-    if not names:
-        raise ValueError(f"split ratios must have a positive entry, got {dict(ratios)}")
-    unknown = set(names) - set(SPLITS)
-    if unknown:
-        raise ValueError(f"unknown split names {sorted(unknown)}; use {SPLITS}")
-    w = np.asarray([float(ratios[s]) for s in names])
-    edges = np.cumsum(w / w.sum())
-    keys = list(groups) if groups is not None else ids
-    if len(keys) != len(ids):
-        raise ValueError("groups must have one entry per id")
-    u = _stable_rank(keys, seed)
-    idx = np.searchsorted(edges, u, side="right").clip(0, len(names) - 1)
-    return np.asarray(names, dtype=object)[idx]
 
 
 def make_manifest(
@@ -113,7 +76,7 @@ def make_manifest(
 
     missing = {"name", "path", "mos", "split"} - set(frame.columns)
     if missing:
-        raise ValueError(f"adapter frame lacks columns {sorted(missing)}")
+        raise QualituneError(f"adapter frame lacks columns {sorted(missing)}")
     df = frame.copy()
     df["item_id"] = dataset + "/" + df["name"].astype(str)
     if "media" not in df.columns:
@@ -153,7 +116,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path, metadata: Mapping[str, ob
 
     missing = set(REQUIRED) - set(df.columns)
     if missing:
-        raise ValueError(f"manifest lacks required columns {sorted(missing)}")
+        raise QualituneError(f"manifest lacks required columns {sorted(missing)}")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
@@ -167,14 +130,14 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """Read a manifest and check it has the canonical columns."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"manifest not found: {p}")
+        raise QualituneError(f"manifest not found: {p}")
     try:
         df = pd.read_parquet(p)
     except Exception as exc:
-        raise ValueError(f"{p}: not a readable parquet manifest ({exc})") from exc
+        raise QualituneError(f"{p}: not a readable parquet manifest ({exc})") from exc
     missing = set(REQUIRED) - set(df.columns)
     if missing:
-        raise ValueError(f"{p}: manifest lacks required columns {sorted(missing)}")
+        raise QualituneError(f"{p}: manifest lacks required columns {sorted(missing)}")
     return df
 
 

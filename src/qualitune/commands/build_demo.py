@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from qualitune.config import load_params
-    from qualitune.demo_data import DemoConfig, build_demo, summary
+    from qualitune.demo import DemoConfig, build_demo, summary
 
     section = {}
     if Path(args.params).is_file():

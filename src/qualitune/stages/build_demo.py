@@ -6,7 +6,7 @@ import sys
 import time
 
 from qualitune.config import section
-from qualitune.demo_data import DemoConfig, build_demo, summary
+from qualitune.demo import DemoConfig, build_demo, summary
 from qualitune.stages import stage_main
 
 

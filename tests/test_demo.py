@@ -12,18 +12,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from qualitune import distortions as D
-from qualitune.demo_data import (
+from qualitune.demo import (
     LABEL_COLUMNS,
     PRISTINE,
     VIDEO_KADID_PROXY,
     build_demo,
     compute_kadid_table,
-    grouped_quota_split,
     kadid_label_file,
     kadid_mos,
     load_kadid_table,
 )
+from qualitune.demo import distortions as D
 from qualitune.media import sample_frames
 
 SMALL = dict(
@@ -198,20 +197,6 @@ def test_config_errors_are_actionable(tmp_path: Path) -> None:
         build_demo(tmp_path / "x", **(SMALL | {"crop_size": 1000}))
 
 
-def test_quota_split_fills_every_split_and_keeps_groups_together() -> None:
-    groups = [f"g{i // 4}" for i in range(32)]  # 8 groups of 4 items
-    split = grouped_quota_split(groups, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=42)
-    by_group = pd.Series(split).groupby(groups).nunique()
-    assert (by_group == 1).all()
-    per_split = {
-        s: len({g for g, x in zip(groups, split, strict=True) if x == s}) for s in ("train", "val", "test")
-    }
-    assert per_split == {"train": 6, "val": 1, "test": 1}
-    assert list(split) == list(
-        grouped_quota_split(groups, {"train": 0.7, "val": 0.15, "test": 0.15}, seed=42)
-    )
-
-
 # ---- entry points -------------------------------------------------------------------------------
 
 
@@ -240,7 +225,7 @@ def test_stage_and_cli_read_params(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_crop_levels_rotate_so_every_pair_is_used_equally() -> None:
-    from qualitune.demo_data import crop_levels
+    from qualitune.demo import crop_levels
 
     kinds, levels = ("jpeg", "white_noise", "gaussian_blur"), (1, 2, 3, 4, 5)
     assert crop_levels(0, kinds, levels, 0) == {k: levels for k in kinds}

@@ -3,7 +3,7 @@
 Each distortion carries the slug of the KADID-10k type it reproduces and KADID's own parameter
 ladder (from the generator `imdist_generator.m` released with KADID-10k / KADIS-700k), so the
 demo dataset can label every item with the human DMOS KADID measured for that type and level
-(`qualitune.demo_data`). Level 1 is KADID's mildest setting, level 5 its strongest.
+(`qualitune.demo`). Level 1 is KADID's mildest setting, level 5 its strongest.
 
 Deliberate simplifications, kept small because the MOS is borrowed, not measured:
 - KADID min-max stretches every image before and after distorting (`mapmm`); we do not, so a
@@ -27,6 +27,8 @@ import cv2
 import numpy as np
 from PIL import Image
 from scipy.interpolate import CubicSpline
+
+from qualitune.errors import QualituneError
 
 LEVELS = (1, 2, 3, 4, 5)
 
@@ -256,9 +258,9 @@ KINDS = tuple(DISTORTIONS)
 
 def check_kind_level(kind: str, level: int, kinds: Sequence[str] = KINDS) -> None:
     if kind not in kinds:
-        raise ValueError(f"unknown distortion {kind!r}; choose from {sorted(kinds)}")
+        raise QualituneError(f"unknown distortion {kind!r}; choose from {sorted(kinds)}")
     if level not in LEVELS:
-        raise ValueError(f"distortion level must be one of {LEVELS}, got {level!r}")
+        raise QualituneError(f"distortion level must be one of {LEVELS}, got {level!r}")
 
 
 def apply(img: np.ndarray, kind: str, level: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -266,7 +268,7 @@ def apply(img: np.ndarray, kind: str, level: int, rng: np.random.Generator | Non
     check_kind_level(kind, level)
     arr = np.asarray(img)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 uint8 RGB array, got dtype {arr.dtype} shape {arr.shape}")
+        raise QualituneError(f"expected an HxWx3 uint8 RGB array, got dtype {arr.dtype} shape {arr.shape}")
     rng = rng if rng is not None else np.random.default_rng(0)
     out = DISTORTIONS[kind](arr, LADDERS[kind][level - 1], rng)
     return np.ascontiguousarray(out, dtype=np.uint8)
@@ -291,7 +293,7 @@ def apply_temporal(
     check_kind_level(kind, level, TEMPORAL_KINDS)
     n = len(frames)
     if n < 2:
-        raise ValueError(f"a temporal distortion needs at least 2 frames, got {n}")
+        raise QualituneError(f"a temporal distortion needs at least 2 frames, got {n}")
     if kind == "frame_drop":
         drop = set(rng.choice(np.arange(1, n), size=n_dropped(n, level), replace=False).tolist())
         return [f.copy() for i, f in enumerate(frames) if i not in drop]
