@@ -34,7 +34,7 @@ import torch
 
 from qualitune.progress import Progress
 from qualitune.vlm.answers import ParseReport
-from qualitune.vlm.inputs import _unwrap, encode_batch
+from qualitune.vlm.inputs import encode_batch
 from qualitune.vlm.scoring import (
     MAX_INVALID_MASS,
     SCORING_MODES,
@@ -44,6 +44,7 @@ from qualitune.vlm.scoring import (
     generate_texts,
 )
 from qualitune.vlm.tasks import DESCRIBE_QUESTION, AnswerFormat
+from qualitune.vlm.unwrap import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +249,7 @@ class Scorer:
         model, tok, spec = load_scored_model(
             resolve_model_ref(ref), device=device, dtype=dtype, merge_adapters=True
         )
-        visual = getattr(getattr(_unwrap(model), "model", None), "visual", None)
+        visual = getattr(getattr(unwrap_model(model), "model", None), "visual", None)
         if hasattr(visual, "limit_cache"):  # the compact backend's feature cache: bounded for serving
             visual.limit_cache(int(os.environ.get("QUALITUNE_SCORER_FEATURE_CACHE", "1024")))
         attach_feature_store(model, feature_store)

@@ -27,6 +27,8 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from qualitune.vlm.unwrap import unwrap_model
+
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 IGNORE_INDEX = -100
@@ -316,7 +318,7 @@ def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict
     """
     import inspect
 
-    params = inspect.signature(type(_unwrap(model)).forward).parameters
+    params = inspect.signature(type(unwrap_model(model)).forward).parameters
     param = next(iter(model.parameters()))
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
@@ -327,9 +329,3 @@ def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict
             value = value.to(param.dtype)
         out[key] = value
     return out
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model

@@ -37,8 +37,9 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from qualitune.vlm.answers import LEVELS, ParseReport, parse_integer, parse_level
-from qualitune.vlm.inputs import _unwrap, model_inputs
+from qualitune.vlm.inputs import model_inputs
 from qualitune.vlm.tasks import AnswerFormat, level_of
+from qualitune.vlm.unwrap import unwrap_model
 
 MAX_INVALID_MASS = 0.5
 """Default `max_invalid_mass` of an `expected` score: more than half the answer probability on
@@ -97,7 +98,7 @@ def _end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 def _core(model: torch.nn.Module) -> torch.nn.Module:
     """The inner `Qwen2(_5)_VLModel` that owns `get_rope_index`."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     inner = getattr(base, "model", None)
     if inner is None or not hasattr(inner, "get_rope_index"):
         raise ValueError(f"{type(base).__name__} is not a Qwen2-VL/Qwen2.5-VL generation model")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from qualitune.vlm.cache import default_cache_dir
+
 EMBEDDED = "qwen2.5-vl-offline"
 """Name that selects the tokenizer built from dashscope's `qwen.tiktoken` (also the default)."""
 
@@ -83,14 +85,6 @@ QWEN25_VL_CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def default_cache_dir() -> Path:
-    """`$QUALITUNE_CACHE` if set, else `$XDG_CACHE_HOME/qualitune` (default `~/.cache/qualitune`)."""
-    if env := os.environ.get("QUALITUNE_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qualitune"
 
 
 def qwen_tiktoken_path() -> Path:
@@ -173,14 +167,12 @@ def load_qwen_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """Load the tokenizer for a checkpoint, or the offline Qwen2.5-VL tokenizer.
 
-    `None`, `EMBEDDED` or the tiny model's name select the offline build (cached under
+    `None` or `EMBEDDED` select the offline build (cached under
     `cache_dir`, default `default_cache_dir()`); anything else goes to
     `AutoTokenizer.from_pretrained` (a local checkpoint folder or a hub id already in the HF cache).
     With `QUALITUNE_QWEN_TOKENIZER` set, the offline build is read from that saved folder instead.
     """
-    from qualitune.vlm.model import TINY_NAME  # local import: model.py imports this module
-
-    if name_or_path is not None and str(name_or_path) not in (EMBEDDED, TINY_NAME):
+    if name_or_path is not None and str(name_or_path) != EMBEDDED:
         return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
     saved = os.environ.get(SAVED_TOKENIZER_ENV)
     if saved:  # a machine without dashscope (a bare GPU box): a copy saved where dashscope was

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qualitune.vlm.inputs import _unwrap
+from qualitune.vlm.unwrap import unwrap_model
 
 TUNINGS = ("lora", "full", "encoder", "warmup")
 VISION_PREFIX = "model.visual."
@@ -143,7 +143,7 @@ def non_lora_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str = "weights") -> None:
     """Copy named weights into the bare model; every name must exist with the same shape."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     params = dict(base.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
@@ -160,7 +160,9 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], *, wh
 def vision_weights(model: torch.nn.Module, *, include_projector: bool = False) -> dict[str, torch.Tensor]:
     """The vision encoder's weights (optionally with the projector), keyed by bare-model names."""
     keep = ("vision", "projector") if include_projector else ("vision",)
-    return {n: p.detach().cpu().clone() for n, p in _unwrap(model).named_parameters() if part_of(n) in keep}
+    return {
+        n: p.detach().cpu().clone() for n, p in unwrap_model(model).named_parameters() if part_of(n) in keep
+    }
 
 
 def transfer_vision(
@@ -183,7 +185,7 @@ _IGNORED_VISION_KEYS = {"out_hidden_size", "_name_or_path", "transformers_versio
 
 
 def _vision_config(model: torch.nn.Module) -> dict:
-    cfg = _unwrap(model).config.vision_config.to_dict()
+    cfg = unwrap_model(model).config.vision_config.to_dict()
     return {k: v for k, v in cfg.items() if k not in _IGNORED_VISION_KEYS}
 
 
