@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from scipy.stats import pearsonr, spearmanr
 
     from qualitune.scorer import Scorer
-    from qualitune.vlm.inputs import _unwrap
-    from qualitune.vlm.onnx_runtime import RUNTIME_ENV
+    from qualitune.vlm.backends.compact.encoder_runtime import RUNTIME_ENV
+    from qualitune.vlm.unwrap import unwrap_model
 
     torch.set_num_threads(args.threads)
     paths = sorted(
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     def one_pass(dtype: str, runtime: str) -> tuple[float, list, int]:
         os.environ[RUNTIME_ENV] = runtime
         scorer = scorers[dtype]
-        visual = getattr(_unwrap(scorer.model).model, "visual", None)
+        visual = getattr(unwrap_model(scorer.model).model, "visual", None)
         if hasattr(visual, "invalidate"):
             visual.invalidate()  # rebuild the encoder for this runtime (cached ONNX graphs load in ~0.1 s)
         scorer.score_paths(warm, mode=args.mode, batch_size=args.batch_size)

@@ -51,7 +51,7 @@ import transformers
 from PIL import Image
 
 from qualitune.vlm.inputs import encode_batch, make_image_processor
-from qualitune.vlm.model import TINY_NAME, _resolve_dtype, load_model, model_class_for
+from qualitune.vlm.model import TINY_NAME, load_model, model_class_for, resolve_dtype
 from qualitune.vlm.scoring import expected_scores, greedy_scores
 from qualitune.vlm.tokenizer import load_qwen_tokenizer
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("need --n-items, --batch-size, --repeats >= 1 and --size >= 28")
     dtype_name = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
     try:
-        dtype = _resolve_dtype(dtype_name)
+        dtype = resolve_dtype(dtype_name)
     except ValueError as e:
         ap.error(str(e))
     if not isinstance(dtype, torch.dtype):

@@ -91,11 +91,12 @@ from qualitune.training import (
     example_lengths,
     train,
 )
-from qualitune.vlm.inputs import _unwrap, make_image_processor
+from qualitune.vlm.inputs import make_image_processor
 from qualitune.vlm.losses import LossConfig, supervised_labels
-from qualitune.vlm.model import TINY_NAME, _resolve_dtype, load_model
+from qualitune.vlm.model import TINY_NAME, load_model, resolve_dtype
 from qualitune.vlm.tokenizer import load_qwen_tokenizer
 from qualitune.vlm.trainable import LoraSettings, apply_tuning
+from qualitune.vlm.unwrap import unwrap_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark
 from score_throughput import build_from_config, device_name  # noqa: E402
@@ -171,7 +172,7 @@ class FlopModel:
     """The module docstring's formula, with parameter counts read off the built model."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        base = _unwrap(model)
+        base = unwrap_model(model)
         core = base.model
         cfg_t = base.config.text_config
         cfg_v = base.config.vision_config
@@ -593,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import is_flash_attn_2_available
 
         args.attn = "flash_attention_2" if args.device == "cuda" and is_flash_attn_2_available() else "sdpa"
-    dtype = _resolve_dtype(args.dtype or ("fp32" if args.device == "cpu" else "bf16"))
+    dtype = resolve_dtype(args.dtype or ("fp32" if args.device == "cpu" else "bf16"))
     out_path = args.out or Path("reports") / f"train_throughput_{args.device}.json"
 
     load_before = os.getloadavg()

@@ -8,8 +8,8 @@ import skimage.data
 import torch
 from PIL import Image
 
-from qualitune.vlm.compact import CompactImageProcessor, CompactVLM, is_compact
-from qualitune.vlm.efficientnet import INPUT_MEAN, INPUT_STD, load_efficientnet_lite0
+from qualitune.vlm.backends.compact import CompactImageProcessor, CompactVLM, is_compact
+from qualitune.vlm.backends.compact.efficientnet import INPUT_MEAN, INPUT_STD, load_efficientnet_lite0
 from qualitune.vlm.inputs import encode_batch, model_inputs
 from qualitune.vlm.model import COMPACT_NAME, load_model, make_processor
 from qualitune.vlm.scoring import expected_scores, greedy_scores, integer_distribution
@@ -97,7 +97,7 @@ def test_fast_encoder_path_and_cache_match_eager(compact, photos):
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "torchscript"])
 def test_both_encoder_runtimes_match_eager(compact, photos, runtime, monkeypatch):
-    from qualitune.vlm.onnx_runtime import RUNTIME_ENV, OrtEncoder
+    from qualitune.vlm.backends.compact.encoder_runtime import RUNTIME_ENV, OrtEncoder
 
     monkeypatch.setenv(RUNTIME_ENV, runtime)
     model, _ = compact
@@ -117,9 +117,9 @@ def test_both_encoder_runtimes_match_eager(compact, photos, runtime, monkeypatch
 
 
 def test_onnx_export_is_cached_per_weights_and_falls_back_with_a_reason(tmp_path, monkeypatch, caplog):
-    import qualitune.vlm.compact as compact_mod
-    import qualitune.vlm.onnx_runtime as ort_mod
-    from qualitune.vlm.compact import CompactConfig, CompactVisual
+    import qualitune.vlm.backends.compact.encoder_runtime as ort_mod
+    from qualitune.vlm.backends.compact.configuration import CompactConfig
+    from qualitune.vlm.backends.compact.modeling import CompactVisual
 
     monkeypatch.setenv("QUALITUNE_CACHE", str(tmp_path))
     monkeypatch.setenv(ort_mod.RUNTIME_ENV, "auto")
@@ -147,7 +147,7 @@ def test_onnx_export_is_cached_per_weights_and_falls_back_with_a_reason(tmp_path
         eager = visual._features(x)
     assert float((moved[0] - eager[0]).norm() / eager[0].norm()) < 1e-4
 
-    monkeypatch.setattr(compact_mod, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(ort_mod, "onnxruntime_available", lambda: False)
     visual.invalidate()
     visual._fast(x)
     assert isinstance(next(iter(visual._traced.values())), torch.jit.ScriptModule)  # TorchScript instead
@@ -160,15 +160,15 @@ def test_onnx_export_is_cached_per_weights_and_falls_back_with_a_reason(tmp_path
         visual._fast(x)
 
     monkeypatch.setenv(ort_mod.RUNTIME_ENV, "auto")
-    monkeypatch.setattr(compact_mod, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(ort_mod, "onnxruntime_available", lambda: True)
 
     class Broken(ort_mod.OrtEncoder):
         def __init__(self, *a, **k):
             raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(compact_mod, "OrtEncoder", Broken)
+    monkeypatch.setattr(ort_mod, "OrtEncoder", Broken)
     visual.invalidate()
-    with caplog.at_level("WARNING", logger="qualitune.vlm.compact"):
+    with caplog.at_level("WARNING", logger="qualitune.vlm.backends.compact.encoder_runtime"):
         visual._fast(x)
     assert "exporter exploded" in caplog.text and "TorchScript" in caplog.text
 

@@ -11,10 +11,10 @@ from PIL import Image
 
 from qualitune.scorer import Scorer, ScorerSpec, save_scorer
 from qualitune.training import TrainSettings, VitalSettings, train
-from qualitune.vlm.compact import is_compact
-from qualitune.vlm.inputs import _unwrap
+from qualitune.vlm.backends.compact.modeling import is_compact
 from qualitune.vlm.model import COMPACT_NAME, load_model, make_processor
 from qualitune.vlm.trainable import LoraSettings, part_of, transfer_vision, vision_weights
+from qualitune.vlm.unwrap import unwrap_model
 from vlm_factory import training_frame
 
 
@@ -33,7 +33,7 @@ def _settings(**kw) -> TrainSettings:
 
 
 def _snapshot(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in _unwrap(model).named_parameters()}
+    return {n: p.detach().clone() for n, p in unwrap_model(model).named_parameters()}
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def trained(frame, tmp_path_factory):
 def test_iovqa_warmup_trains_projector_and_lora_only(trained):
     model = trained["model"]
     assert is_compact(model)
-    after = {n: p.detach() for n, p in _unwrap(model).named_parameters()}
-    merger = _unwrap(model).model.visual.merger
+    after = {n: p.detach() for n, p in unwrap_model(model).named_parameters()}
+    merger = unwrap_model(model).model.visual.merger
     assert not (merger.global_shift == 0).all()  # standardised on the training photos before step 1
     changed = {
         part_of(n) for n, t in trained["before"].items() if n in after and not torch.equal(t, after[n])
@@ -130,7 +130,7 @@ def test_encoder_centred_training_moves_the_encoder_and_refreshes_its_features(f
         vital=VitalSettings(compare_weight=0.0, describe_weight=0.0),
     )
     result = train(model, tok, proc, frame, settings)
-    after = {n: p.detach() for n, p in _unwrap(result.model).named_parameters()}
+    after = {n: p.detach() for n, p in unwrap_model(result.model).named_parameters()}
     changed = {part_of(n) for n, t in before.items() if not torch.equal(t, after[n])}
     assert changed == {"vision"}
     with torch.no_grad():
@@ -197,7 +197,7 @@ def test_bfloat16_load_is_honoured_and_scores_stay_on_the_scale(trained, frame):
     # bf16 keeps ~3 significant digits: scores move (this barely trained model's by up to ~6 points,
     # the BIQ2021 scorer's by 0.3 on average), but a broken cast would scatter them across the scale
     assert sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a) < 3.0
-    visual = _unwrap(bf16.model).model.visual
+    visual = unwrap_model(bf16.model).model.visual
     pixels = torch.rand(1, 3, 8, 8)
     assert visual.pixel_keys(pixels) != visual.pixel_keys(pixels.bfloat16())  # dtype is part of the key
     assert visual.pixel_keys(pixels) == visual.pixel_keys(pixels.clone())
@@ -227,7 +227,7 @@ def test_score_photos_benchmark_compares_runtimes_on_the_same_scores(
     import sys
     from pathlib import Path
 
-    from qualitune.vlm.onnx_runtime import RUNTIME_ENV
+    from qualitune.vlm.backends.compact.encoder_runtime import RUNTIME_ENV
 
     monkeypatch.setenv(RUNTIME_ENV, "auto")  # the benchmark switches it per configuration; restored after
 
@@ -253,14 +253,14 @@ def test_score_photos_benchmark_compares_runtimes_on_the_same_scores(
 
 def test_loaded_scorer_bounds_its_feature_cache(trained, frame, monkeypatch):
     paths = frame["path"].tolist()[:4]
-    visual = _unwrap(Scorer.load(trained["dir"]).model).model.visual
+    visual = unwrap_model(Scorer.load(trained["dir"]).model).model.visual
     assert visual.max_cached == 1024  # a server must not keep every photo it ever saw
     monkeypatch.setenv("QUALITUNE_SCORER_FEATURE_CACHE", "2")
     scorer = Scorer.load(trained["dir"])
-    visual = _unwrap(scorer.model).model.visual
+    visual = unwrap_model(scorer.model).model.visual
     first = [r["score"] for r in scorer.score_paths(paths, batch_size=4).results]
     assert len(visual._cache) == 2  # the two photos stored last
     again = [r["score"] for r in scorer.score_paths(paths, batch_size=4).results]
     assert again == pytest.approx(first, abs=1e-6)  # evicted photos are simply recomputed
     # the training model keeps its large cache: only loading for inference bounds it
-    assert _unwrap(trained["model"]).model.visual.max_cached > 1024
+    assert unwrap_model(trained["model"]).model.visual.max_cached > 1024

@@ -90,7 +90,7 @@ def test_the_closure_follows_function_level_and_package_imports() -> None:
     assert "src/qualitune/stages/__init__.py" in closure
     assert "src/qualitune/config.py" in closure  # imported by stages/__init__.py
     assert "src/qualitune/stages/train.py" in closure
-    assert "src/qualitune/vlm/compact.py" in closure  # reached through the model builders
+    assert "src/qualitune/vlm/backends/compact/modeling.py" in closure  # reached through the model builders
     assert not any(p.startswith("src/qualitune/commands/") for p in closure)
 
 

@@ -30,10 +30,11 @@ from qualitune.training import (
 )
 from qualitune.vlm import forward as fwd
 from qualitune.vlm.forward import VisionCache, decoder_hidden, resolve_packing, vision_is_frozen
-from qualitune.vlm.inputs import _unwrap, make_image_processor
+from qualitune.vlm.inputs import make_image_processor
 from qualitune.vlm.losses import LossConfig, answer_losses, combine, supervised_labels
 from qualitune.vlm.model import TINY_NAME, load_model
 from qualitune.vlm.trainable import LoraSettings, apply_tuning
+from qualitune.vlm.unwrap import unwrap_model
 from vlm_factory import training_frame
 
 PROC = make_image_processor(56 * 56, 84 * 84)
@@ -84,7 +85,7 @@ def _model(tuning: str = "lora"):
 
 def _plain_loss(model, batch) -> torch.Tensor:
     """The trainer's loss the way it was computed before: the model's own forward, padded."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     hidden = base.model(**{k: batch[k] for k in MODEL_KEYS}, use_cache=False).last_hidden_state
     labels = supervised_labels(batch["labels"], batch["value_mask"], "value")
     cfg = LossConfig()
@@ -119,7 +120,9 @@ def test_the_mixed_batch_is_padded_and_holds_images_and_frames(mixed):
 def test_decoder_hidden_matches_the_model_forward(mixed, pack, cached):
     model, tok = _model()
     batch = _batch(mixed, tok)
-    reference = _unwrap(model).model(**{k: batch[k] for k in MODEL_KEYS}, use_cache=False).last_hidden_state
+    reference = (
+        unwrap_model(model).model(**{k: batch[k] for k in MODEL_KEYS}, use_cache=False).last_hidden_state
+    )
     cache = VisionCache() if cached else None
     for _ in range(2 if cached else 1):  # cached: the second pass reads every item from the cache
         hidden = decoder_hidden(model, batch, pack=pack, cache=cache)
@@ -168,7 +171,7 @@ def test_the_cache_skips_the_vision_tower_for_items_it_has_seen(mixed):
     model, tok = _model()
     batch = _batch(mixed, tok)
     calls = []
-    _unwrap(model).model.visual.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    unwrap_model(model).model.visual.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     cache = VisionCache()
     decoder_hidden(model, batch, cache=cache)
     assert len(calls) == 1 and calls[0] == int(batch["pixel_values"].shape[0])

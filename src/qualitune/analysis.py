@@ -26,8 +26,9 @@ from qualitune.errors import QualituneError
 from qualitune.pmod import DEFAULT_DESCRIPTORS, Descriptor
 from qualitune.scorer import Scorer
 from qualitune.vlm.answers import ParseReport
-from qualitune.vlm.inputs import _unwrap, model_inputs
+from qualitune.vlm.inputs import model_inputs
 from qualitune.vlm.tasks import level_of
+from qualitune.vlm.unwrap import unwrap_model
 
 
 def _load_items(scorer: Scorer, paths: Sequence[str]) -> tuple[list[Any], list[str]]:
@@ -119,7 +120,7 @@ def logit_lens(scorer: Scorer, paths: Sequence[str], *, top_k: int = 5) -> pd.Da
     score position. Layer 0 is the embedding output; the last layer equals the model's output."""
     batch, _ = _score_batch(scorer, paths)
     model = scorer.model
-    base = _unwrap(model)
+    base = unwrap_model(model)
     inputs = model_inputs(model, batch)
     out = base.model(**inputs, output_hidden_states=True, use_cache=False)
     norm = base.model.language_model.norm
@@ -151,7 +152,7 @@ def logit_lens(scorer: Scorer, paths: Sequence[str], *, top_k: int = 5) -> pd.Da
 def candidate_lens(scorer: Scorer, paths: Sequence[str]) -> pd.DataFrame:
     """Mean probability per layer of each valid answer's first token (for the heatmap)."""
     batch, _ = _score_batch(scorer, paths)
-    base = _unwrap(scorer.model)
+    base = unwrap_model(scorer.model)
     firsts = sorted(
         {scorer.tokenizer(c, add_special_tokens=False)["input_ids"][0] for c, _ in scorer.fmt.candidates()}
     )
@@ -192,7 +193,7 @@ def attention_shares(scorer: Scorer, paths: Sequence[str]) -> pd.DataFrame:
     Needs attention weights, which SDPA does not return: the model is switched to eager attention
     for this call and switched back afterwards."""
     batch, descriptions = _score_batch(scorer, paths)
-    base = _unwrap(scorer.model)
+    base = unwrap_model(scorer.model)
     previous = base.config._attn_implementation
     base.set_attn_implementation("eager")
     try:

@@ -35,15 +35,15 @@ ALPHAS = tuple(10.0 ** np.arange(-1, 8))
 
 
 def _is_compact(model: torch.nn.Module) -> bool:
-    from qualitune.vlm.compact import is_compact
+    from qualitune.vlm.backends.compact.modeling import is_compact
 
     return is_compact(model)
 
 
 def _visual(model: torch.nn.Module) -> torch.nn.Module:
-    from qualitune.vlm.inputs import _unwrap
+    from qualitune.vlm.unwrap import unwrap_model
 
-    return _unwrap(model).model.visual
+    return unwrap_model(model).model.visual
 
 
 @torch.no_grad()
@@ -51,13 +51,13 @@ def _image_features(model: torch.nn.Module, processor, images: list) -> np.ndarr
     """One pooled feature vector per PIL image."""
     if _is_compact(model):
         pixels = torch.from_numpy(processor(images)["pixel_values"])
-        from qualitune.vlm.efficientnet import HEAD_CHANNELS
+        from qualitune.vlm.backends.compact.efficientnet import HEAD_CHANNELS
 
         glob, _ = _visual(model).features(pixels)
         return glob[:, :HEAD_CHANNELS].float().numpy()  # the head's channel means
-    from qualitune.vlm.inputs import _unwrap
+    from qualitune.vlm.unwrap import unwrap_model
 
-    inner = _unwrap(model).model
+    inner = unwrap_model(model).model
     out = []
     for im in images:  # one at a time: Qwen's patch sequences differ in length per image
         enc = processor(images=[im], return_tensors="pt")

@@ -29,7 +29,7 @@ from qualitune.scorer_folder import (  # re-exported: the folder format is part 
     save_scorer,
 )
 from qualitune.vlm.answers import ParseReport
-from qualitune.vlm.inputs import _unwrap, encode_batch
+from qualitune.vlm.inputs import encode_batch
 from qualitune.vlm.scoring import (
     SCORING_MODES,
     ItemScore,
@@ -38,6 +38,7 @@ from qualitune.vlm.scoring import (
     generate_texts,
 )
 from qualitune.vlm.tasks import DESCRIBE_QUESTION
+from qualitune.vlm.unwrap import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class Scorer:
         model, tok, spec = load_scored_model(
             resolve_model_ref(ref), device=device, dtype=dtype, merge_adapters=True
         )
-        visual = getattr(getattr(_unwrap(model), "model", None), "visual", None)
+        visual = getattr(getattr(unwrap_model(model), "model", None), "visual", None)
         if hasattr(visual, "limit_cache"):  # the compact backend's feature cache: bounded for serving
             visual.limit_cache(int(os.environ.get("QUALITUNE_SCORER_FEATURE_CACHE", "1024")))
         attach_feature_store(model, feature_store)

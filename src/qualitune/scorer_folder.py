@@ -136,7 +136,7 @@ def load_scored_model(
     import torch
     from safetensors.torch import load_file
 
-    from qualitune.vlm.model import _resolve_dtype, load_model
+    from qualitune.vlm.model import load_model, resolve_dtype
     from qualitune.vlm.trainable import load_weights
 
     directory = Path(directory)
@@ -152,7 +152,7 @@ def load_scored_model(
         load_weights(model, load_file(str(directory / WEIGHTS_FILE)), what=str(directory / WEIGHTS_FILE))
     if merge_adapters and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    target = _resolve_dtype(dtype or spec.dtype)
+    target = resolve_dtype(dtype or spec.dtype)
     if isinstance(target, torch.dtype) and any(p.dtype != target for p in model.parameters()):
         model = model.to(target)
     if device is not None:

@@ -1,12 +1,11 @@
-"""Where trained scorers live: registry references, downloads, and qualitune's one cache root.
+"""Where trained scorers live: registry references, downloads, and the local copies of both.
 
 ``models:/name@alias``, ``models:/name/version`` and ``runs:/RUN_ID/model`` all end as a local scorer
 folder: :func:`download_scorer` / :func:`download_run_scorer` resolve the reference in the MLflow
 registry (the tracking URI from the argument, ``MLFLOW_TRACKING_URI`` or the project's params.yaml),
 download the ``scorer`` artifact of the pyfunc the ``register`` stage logged, check it is a scorer, and
 keep it under :func:`cache_root` (immutable versions are downloaded once; aliases are resolved on every
-call, because they move). :func:`cache_dir` is the root of every cache qualitune keeps outside a
-project (downloaded models, converted tokenizers), so one variable moves them all.
+call, because they move), under qualitune's one cache root (:func:`qualitune.cache.cache_dir`).
 
 This module knows nothing of how a scorer is evaluated or promoted (:mod:`qualitune.gate`) or how a
 scorer scores (:mod:`qualitune.scorer`); the folder format comes from :mod:`qualitune.scorer_folder`.
@@ -23,23 +22,14 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+from qualitune.cache import cache_dir
 from qualitune.errors import QualituneError
 
 log = logging.getLogger(__name__)
 
 SCORER_ARTIFACT = "scorer"  # the pyfunc artifact holding the scorer folder (see qualitune.gate)
-CACHE_ENV = "QUALITUNE_CACHE"  # the root of all of qualitune's caches outside a project
-MODEL_CACHE_ENV = "QUALITUNE_MODEL_CACHE"  # registry downloads only (default: <cache_dir>/models)
+MODEL_CACHE_ENV = "QUALITUNE_MODEL_CACHE"  # registry downloads only (default: <cache_dir()>/models)
 _URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))/?$")
-
-
-def cache_dir() -> Path:
-    """``$QUALITUNE_CACHE`` if set, else ``$XDG_CACHE_HOME/qualitune`` (default ``~/.cache/qualitune``)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "qualitune"
 
 
 def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:

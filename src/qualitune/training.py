@@ -37,7 +37,7 @@ import torch
 from qualitune.errors import QualituneError
 from qualitune.media import load_media
 from qualitune.progress import Progress
-from qualitune.vlm.compact import is_compact, standardise_projector
+from qualitune.vlm.backends.compact import is_compact, standardise_projector
 from qualitune.vlm.forward import (
     VisionCache,
     attention_implementation,
@@ -529,9 +529,9 @@ class Objective(torch.nn.Module):
         self.vision_cache = vision_cache
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from qualitune.vlm.inputs import _unwrap
+        from qualitune.vlm.unwrap import unwrap_model
 
-        base = _unwrap(self.model)
+        base = unwrap_model(self.model)
         hidden = decoder_hidden(self.model, batch, pack=self.pack, cache=self.vision_cache)
         dev = hidden.device
         labels = supervised_labels(

@@ -85,9 +85,9 @@ class FeatureStore:
 def attach_feature_store(model: torch.nn.Module, root: str | Path | None) -> bool:
     """Give a compact model's vision module the on-disk store at `root` (None: detach it).
     Returns whether the model has such a module; other backends have nothing to attach to."""
-    from qualitune.vlm.inputs import _unwrap
+    from qualitune.vlm.unwrap import unwrap_model
 
-    visual = getattr(getattr(_unwrap(model), "model", None), "visual", None)
+    visual = getattr(getattr(unwrap_model(model), "model", None), "visual", None)
     if not hasattr(visual, "store_root"):
         return False
     visual.store_root = Path(root) if root else None

@@ -36,8 +36,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from qualitune.vlm.inputs import _unwrap
+from qualitune.errors import QualituneError
 from qualitune.vlm.scoring import MIN_SHARED_PREFIX, _core, mrope_positions
+from qualitune.vlm.unwrap import unwrap_model
 
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
 """Attention implementations whose kernels take packed sequences as varlen (cu_seqlens) input."""
@@ -47,7 +48,7 @@ PACKING_MODES = ("auto", True, False)
 
 def attention_implementation(model: torch.nn.Module) -> str:
     """The decoder's attention implementation ("sdpa", "eager", "flash_attention_2", ...)."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     cfg = getattr(base.config, "text_config", None) or base.config
     return str(getattr(cfg, "_attn_implementation", None) or getattr(base.config, "_attn_implementation", ""))
 
@@ -65,7 +66,7 @@ def resolve_packing(setting: str | bool, model: torch.nn.Module) -> bool:
         return supports_varlen(model)
     if isinstance(setting, bool):
         return setting
-    raise ValueError(f"train.packing must be auto, true or false, got {setting!r}")
+    raise QualituneError(f"train.packing must be auto, true or false, got {setting!r}")
 
 
 def vision_is_frozen(model: torch.nn.Module) -> bool:
@@ -200,7 +201,7 @@ def decoder_hidden(
     forward are zeros. `cache` is used only while the vision tower is frozen and needs
     `batch["media_keys"]` (one string per row, as `encode_examples` sets it).
     """
-    base = _unwrap(model)
+    base = unwrap_model(model)
     core = _core(base)
     param = next(base.parameters())
     device = param.device
@@ -229,7 +230,7 @@ def decoder_hidden(
         )
         where = (ids == token_id).unsqueeze(-1)
         if int(where.sum()) != feats.shape[0]:
-            raise ValueError(
+            raise QualituneError(
                 f"{kind} features ({feats.shape[0]}) and {kind} tokens ({int(where.sum())}) differ"
             )
         embeds = embeds.masked_scatter(where, feats.to(embeds.dtype))

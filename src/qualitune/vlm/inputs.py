@@ -27,6 +27,9 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from qualitune.errors import QualituneError
+from qualitune.vlm.unwrap import unwrap_model
+
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
 IGNORE_INDEX = -100
@@ -55,7 +58,7 @@ def make_image_processor(
     tokens: (H/28)*(W/28) per image.
     """
     if min_pixels < 1 or max_pixels < min_pixels:
-        raise ValueError(
+        raise QualituneError(
             f"need 1 <= min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}"
         )
     return Qwen2VLImageProcessorPil(
@@ -91,7 +94,7 @@ def build_prompt(
 ) -> str:
     """Render the chat up to and including `<|im_start|>assistant\\n`, pads not yet expanded."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise QualituneError(
             "tokenizer has no chat template; load it with qualitune.vlm.tokenizer.load_qwen_tokenizer"
         )
     return tokenizer.apply_chat_template(
@@ -105,7 +108,9 @@ def expand_vision_tokens(text: str, pad: str, counts: Sequence[int]) -> str:
     """Replace the i-th `pad` in `text` by `counts[i]` copies (one per merged vision patch)."""
     parts = text.split(pad)
     if len(parts) - 1 != len(counts):
-        raise ValueError(f"prompt has {len(parts) - 1} {pad} placeholders but {len(counts)} visual inputs")
+        raise QualituneError(
+            f"prompt has {len(parts) - 1} {pad} placeholders but {len(counts)} visual inputs"
+        )
     out = [parts[0]]
     for count, rest in zip(counts, parts[1:], strict=True):
         out.append(pad * int(count))
@@ -118,7 +123,7 @@ def _frames_of(item: MediaItem) -> list[Image.Image]:
         return [item]
     frames = list(item)
     if not frames or not all(isinstance(f, Image.Image) for f in frames):
-        raise ValueError("each media item must be a PIL image or a non-empty list of PIL frames")
+        raise QualituneError("each media item must be a PIL image or a non-empty list of PIL frames")
     return frames
 
 
@@ -137,7 +142,7 @@ def video_patches(
     p = int(image_processor.patch_size)
     sizes = {f.size for f in frames}
     if len(sizes) != 1:
-        raise ValueError(f"video frames must share one size, got {sorted(sizes)}")
+        raise QualituneError(f"video frames must share one size, got {sorted(sizes)}")
     frames = list(frames)
     frames += [frames[-1]] * (-len(frames) % tp)
     out = image_processor(images=frames, return_tensors="np")
@@ -164,7 +169,7 @@ def _split_answer(answer: Answer) -> tuple[str, str, str]:
     if isinstance(answer, str):
         return "", answer, ""
     if len(answer) != 3 or not all(isinstance(x, str) for x in answer):
-        raise ValueError(f"an answer must be a string or a (prefix, value, suffix) tuple, got {answer!r}")
+        raise QualituneError(f"an answer must be a string or a (prefix, value, suffix) tuple, got {answer!r}")
     return answer[0], answer[1], answer[2]
 
 
@@ -200,26 +205,26 @@ def encode_batch(
     """
     n = len(items)
     if n == 0:
-        raise ValueError("encode_batch needs at least one item")
+        raise QualituneError("encode_batch needs at least one item")
     questions = [prompts] * n if isinstance(prompts, str) else list(prompts)
     if len(questions) != n:
-        raise ValueError(f"got {n} media items but {len(questions)} prompts")
+        raise QualituneError(f"got {n} media items but {len(questions)} prompts")
     if answers is not None and len(answers) != n:
-        raise ValueError(f"got {n} media items but {len(answers)} answers")
+        raise QualituneError(f"got {n} media items but {len(answers)} answers")
     if video_mode not in ("frames", "video"):
-        raise ValueError(f"video_mode must be 'frames' or 'video', got {video_mode!r}")
+        raise QualituneError(f"video_mode must be 'frames' or 'video', got {video_mode!r}")
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise QualituneError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     prefixes = [assistant_prefix] * n if isinstance(assistant_prefix, str) else list(assistant_prefix)
     if len(prefixes) != n:
-        raise ValueError(f"got {n} media items but {len(prefixes)} assistant prefixes")
+        raise QualituneError(f"got {n} media items but {len(prefixes)} assistant prefixes")
     spf = (
         [float(seconds_per_frame)] * n
         if isinstance(seconds_per_frame, int | float)
         else list(seconds_per_frame)
     )
     if len(spf) != n:
-        raise ValueError(f"got {n} media items but {len(spf)} seconds_per_frame values")
+        raise QualituneError(f"got {n} media items but {len(spf)} seconds_per_frame values")
     merge = int(image_processor.merge_size) ** 2
     tp = int(image_processor.temporal_patch_size)
 
@@ -260,7 +265,7 @@ def encode_batch(
             for t in (pre, value, post + answer_suffix)
         ]
         if not parts[1]:
-            raise ValueError(f"answer {answers[i]!r} of item {i} has an empty value")
+            raise QualituneError(f"answer {answers[i]!r} of item {i} has an empty value")
         answer_ids = parts[0] + parts[1] + parts[2]
         sequences.append(prompt_ids + answer_ids)
         label_rows.append([IGNORE_INDEX] * len(prompt_ids) + answer_ids)
@@ -270,7 +275,7 @@ def encode_batch(
 
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
-        raise ValueError("tokenizer has no pad token; set tokenizer.pad_token = '<|endoftext|>'")
+        raise QualituneError("tokenizer has no pad token; set tokenizer.pad_token = '<|endoftext|>'")
     width = max(len(s) for s in sequences)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, width), dtype=torch.long)
@@ -316,7 +321,7 @@ def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict
     """
     import inspect
 
-    params = inspect.signature(type(_unwrap(model)).forward).parameters
+    params = inspect.signature(type(unwrap_model(model)).forward).parameters
     param = next(iter(model.parameters()))
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
@@ -327,9 +332,3 @@ def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict
             value = value.to(param.dtype)
         out[key] = value
     return out
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from qualitune.errors import QualituneError
 from qualitune.vlm.inputs import IGNORE_INDEX
 
 LOSS_ON = ("value", "answer")
@@ -26,7 +27,7 @@ def supervised_labels(labels: torch.Tensor, value_mask: torch.Tensor, loss_on: s
     """The labels that carry loss: `value` keeps only the value's tokens (IOVQA's integer-only mask:
     the integer's digits; not the template, not "<|im_end|>"); `answer` keeps every answer token."""
     if loss_on not in LOSS_ON:
-        raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+        raise QualituneError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     if loss_on == "answer":
         return labels
     return torch.where(value_mask, labels, torch.full_like(labels, IGNORE_INDEX))
@@ -91,7 +92,7 @@ def answer_losses(
     kl = torch.zeros(b, device=hidden.device)
     if level_rows is not None and bool(level_rows.any()):
         if level_ids is None or level_targets is None or value_start is None:
-            raise ValueError("level rows need level_ids, level_targets and value_start")
+            raise QualituneError("level rows need level_ids, level_targets and value_start")
         r = torch.nonzero(level_rows, as_tuple=True)[0]
         # the value's first token is predicted by the hidden state one position earlier
         h = hidden[r, value_start[r] - 1]

@@ -36,9 +36,11 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from qualitune.errors import QualituneError
 from qualitune.vlm.answers import LEVELS, ParseReport, parse_integer, parse_level
-from qualitune.vlm.inputs import _unwrap, model_inputs
+from qualitune.vlm.inputs import model_inputs
 from qualitune.vlm.tasks import AnswerFormat, level_of
+from qualitune.vlm.unwrap import unwrap_model
 
 MAX_INVALID_MASS = 0.5
 """Default `max_invalid_mass` of an `expected` score: more than half the answer probability on
@@ -49,7 +51,7 @@ def check_max_invalid_mass(value: float) -> float:
     """`max_invalid_mass` as a float in [0, 1], or a ValueError that says what it means."""
     v = float(value)
     if not 0.0 <= v <= 1.0:
-        raise ValueError(
+        raise QualituneError(
             f"max_invalid_mass must be in [0, 1] (the largest share of answer probability off the valid "
             f"answers that still gives an expected score; 1 accepts every item), got {value!r}"
         )
@@ -85,7 +87,7 @@ def level_to_label(i: float, lo: int, hi: int) -> float:
 
 def _check_range(lo: int, hi: int) -> None:
     if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 0 or hi < lo:
-        raise ValueError(f"label range must be integers 0 <= lo <= hi, got [{lo}, {hi}]")
+        raise QualituneError(f"label range must be integers 0 <= lo <= hi, got [{lo}, {hi}]")
 
 
 def _end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -97,10 +99,10 @@ def _end_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
 
 def _core(model: torch.nn.Module) -> torch.nn.Module:
     """The inner `Qwen2(_5)_VLModel` that owns `get_rope_index`."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     inner = getattr(base, "model", None)
     if inner is None or not hasattr(inner, "get_rope_index"):
-        raise ValueError(f"{type(base).__name__} is not a Qwen2-VL/Qwen2.5-VL generation model")
+        raise QualituneError(f"{type(base).__name__} is not a Qwen2-VL/Qwen2.5-VL generation model")
     return inner
 
 
@@ -155,7 +157,7 @@ def _prefix_forward(model, batch, *, share_prefix: bool = True):
     inputs = model_inputs(model, {k: v for k, v in batch.items() if k != "labels"})
     mask = inputs["attention_mask"]
     if not bool(mask[:, -1].all()):
-        raise ValueError(
+        raise QualituneError(
             "expected/level scoring needs left-padded inputs: encode_batch(..., padding_side='left')"
         )
     positions = mrope_positions(model, inputs)
@@ -223,7 +225,9 @@ def _digit_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
     for d in "0123456789":
         toks = tokenizer(d, add_special_tokens=False)["input_ids"]
         if len(toks) != 1:
-            raise ValueError(f"tokenizer splits digit {d!r} into {len(toks)} tokens; not a Qwen tokenizer?")
+            raise QualituneError(
+                f"tokenizer splits digit {d!r} into {len(toks)} tokens; not a Qwen tokenizer?"
+            )
         ids[d] = toks[0]
     return ids
 
@@ -231,9 +235,9 @@ def _digit_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
 def _token_sequences(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[tuple[int, ...]]:
     seqs = [tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     if any(not s for s in seqs):
-        raise ValueError("an answer candidate tokenises to nothing")
+        raise QualituneError("an answer candidate tokenises to nothing")
     if len(set(seqs)) != len(seqs):
-        raise ValueError("two answer candidates tokenise to the same ids")
+        raise QualituneError("two answer candidates tokenise to the same ids")
     return seqs
 
 
@@ -321,7 +325,7 @@ def level_token_ids(tokenizer: PreTrainedTokenizerBase, leading_space: bool = Tr
         toks = tokenizer((" " if leading_space else "") + word, add_special_tokens=False)["input_ids"]
         ids.append(toks[0])
     if len(set(ids)) != len(ids):
-        raise ValueError(f"level words share a first token ({ids}); use leading_space=True")
+        raise QualituneError(f"level words share a first token ({ids}); use leading_space=True")
     return ids
 
 
@@ -342,7 +346,7 @@ def first_token_ids(tokenizer: PreTrainedTokenizerBase, fmt) -> list[int]:
         or len(set(ids)) != len(ids)
         or any(firsts[b] != i for b, i in zip(bins, ids, strict=True))
     ):
-        raise ValueError(
+        raise QualituneError(
             f"soft labels need each leading character {bins} to be one token that starts every value "
             f"it leads; this tokenizer splits them otherwise ({ids}): set train.label_sigma to 0"
         )
@@ -434,7 +438,7 @@ def format_scores(
     Sampling (`do_sample`, `temperature`) exists for the instability analysis only.
     """
     if mode not in SCORING_MODES:
-        raise ValueError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
+        raise QualituneError(f"scoring mode must be one of {SCORING_MODES}, got {mode!r}")
     if mode == "expected":
         max_invalid_mass = check_max_invalid_mass(max_invalid_mass)
         cands = fmt.candidates()
@@ -506,7 +510,7 @@ def greedy_scores(
     """
     _check_range(lo, hi)
     if answer_format not in ("integer", "level"):
-        raise ValueError(f"answer_format must be 'integer' or 'level', got {answer_format!r}")
+        raise QualituneError(f"answer_format must be 'integer' or 'level', got {answer_format!r}")
     texts = generate_texts(model, tokenizer, batch, max_new_tokens=max_new_tokens)
     report = report if report is not None else ParseReport()
     results = []

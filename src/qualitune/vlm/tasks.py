@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from qualitune.errors import QualituneError
 from qualitune.labels import LEVEL_WORDS, LabelRange, to_decimal_text, to_integer
 from qualitune.manifest import NORM_MAX, NORM_MIN
 
@@ -40,11 +41,11 @@ class AnswerFormat:
 
     def __post_init__(self) -> None:
         if self.kind not in ("integer", "decimal", "level"):
-            raise ValueError(f"answer format must be integer, decimal or level, got {self.kind!r}")
+            raise QualituneError(f"answer format must be integer, decimal or level, got {self.kind!r}")
         if self.kind == "integer":
             LabelRange(self.lo, self.hi)  # validates the range
             if self.lo < 0:
-                raise ValueError(f"integer labels must be >= 0 (a sign is not a digit), got lo={self.lo}")
+                raise QualituneError(f"integer labels must be >= 0 (a sign is not a digit), got lo={self.lo}")
 
     # -- answer text -------------------------------------------------------------------------------
     @property
@@ -91,7 +92,7 @@ class AnswerFormat:
         distribution over these bins. Integers must all have the same number of digits, else a
         leading "1" would mean both 1 and 10-19."""
         if self.kind == "integer" and len(str(self.lo)) != len(str(self.hi)):
-            raise ValueError(
+            raise QualituneError(
                 f"soft labels over the first digit need integers of one length; [{self.lo}, {self.hi}] "
                 "mixes digit counts: use e.g. [10, 50] or [1, 9]"
             )
@@ -109,7 +110,7 @@ class AnswerFormat:
         from scipy.special import ndtr
 
         if not sigma > 0:
-            raise ValueError(f"the soft-label width must be > 0, got {sigma}")
+            raise QualituneError(f"the soft-label width must be > 0, got {sigma}")
         lo, hi = self.scale
         unit = (hi - lo) / (NORM_MAX - NORM_MIN)
         half = {"integer": 0.5, "decimal": 0.05, "level": 0.5}[self.kind]
@@ -203,7 +204,7 @@ def _media_word(kind: str) -> str:
 def _check_columns(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise QualituneError(
             f"{what} needs manifest columns {missing}; run the labels/pmod stages first (dvc repro pmod)"
         )
 
@@ -229,7 +230,7 @@ def score_examples(
     _check_columns(df, cols, "score examples")
     source = df["pmod_mean"] if target == "pmod" else df["mos_norm"]
     if source.isna().any():
-        raise ValueError(f"{int(source.isna().sum())} items have no {target} value; fix or exclude them")
+        raise QualituneError(f"{int(source.isna().sum())} items have no {target} value; fix or exclude them")
     values = fmt.values(source.to_numpy())
     levels = df[PMOD_COLUMNS].to_numpy(dtype=np.float64) if "pmod_p1" in df.columns else None
     soft = label_sigma > 0 and target == "mos"
@@ -306,7 +307,7 @@ def compare_examples(
     """
     _check_columns(df, ["item_id", "path", "pmod_mean"], "compare examples")
     if margin < 0:
-        raise ValueError(f"compare margin must be >= 0, got {margin}")
+        raise QualituneError(f"compare margin must be >= 0, got {margin}")
     rng = np.random.default_rng(seed)
     means = df["pmod_mean"].to_numpy(dtype=np.float64)
     paths = df["path"].astype(str).to_numpy()

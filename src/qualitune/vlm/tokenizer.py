@@ -24,6 +24,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from qualitune.errors import QualituneError
+
 EMBEDDED = "qwen2.5-vl-offline"
 """Name that selects the tokenizer built from dashscope's `qwen.tiktoken` (also the default)."""
 
@@ -85,14 +87,6 @@ QWEN25_VL_CHAT_TEMPLATE = (
 )
 
 
-def default_cache_dir() -> Path:
-    """`$QUALITUNE_CACHE` if set, else `$XDG_CACHE_HOME/qualitune` (default `~/.cache/qualitune`)."""
-    if env := os.environ.get("QUALITUNE_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "qualitune"
-
-
 def qwen_tiktoken_path() -> Path:
     """Locate `qwen.tiktoken` inside the installed `dashscope` package without importing it."""
     spec = importlib.util.find_spec("dashscope")
@@ -101,7 +95,7 @@ def qwen_tiktoken_path() -> Path:
         candidate = Path(loc) / "resources" / "qwen.tiktoken"
         if candidate.is_file():
             return candidate
-    raise ValueError(
+    raise QualituneError(
         "the offline Qwen tokenizer needs dashscope's resources/qwen.tiktoken; install it with "
         "`pip install --no-deps dashscope`, or pass a real checkpoint directory/hub id instead"
     )
@@ -118,7 +112,9 @@ def build_qwen_tokenizer(tiktoken_file: str | Path | None = None) -> PreTrainedT
     vocab, merges = converter.extract_vocab_merges_from_model(str(path))
     first_added = QWEN25_VL_ADDED_TOKENS[0][1]
     if len(vocab) != first_added:
-        raise ValueError(f"{path}: expected {first_added} BPE ranks (Qwen2 vocabulary), found {len(vocab)}")
+        raise QualituneError(
+            f"{path}: expected {first_added} BPE ranks (Qwen2 vocabulary), found {len(vocab)}"
+        )
     tok = Qwen2Tokenizer(
         vocab=vocab,
         merges=merges,
@@ -138,7 +134,7 @@ def build_qwen_tokenizer(tiktoken_file: str | Path | None = None) -> PreTrainedT
     for text, want, _ in QWEN25_VL_ADDED_TOKENS:
         got = tok.convert_tokens_to_ids(text)
         if got != want:  # a wrong id would silently misplace every image token
-            raise ValueError(f"offline Qwen tokenizer: {text} got id {got}, expected {want}")
+            raise QualituneError(f"offline Qwen tokenizer: {text} got id {got}, expected {want}")
     tok.eos_token = "<|im_end|>"  # what the Instruct checkpoints stop on
     tok.chat_template = QWEN25_VL_CHAT_TEMPLATE
     return tok
@@ -173,25 +169,23 @@ def load_qwen_tokenizer(
 ) -> PreTrainedTokenizerBase:
     """Load the tokenizer for a checkpoint, or the offline Qwen2.5-VL tokenizer.
 
-    `None`, `EMBEDDED` or the tiny model's name select the offline build (cached under
-    `cache_dir`, default `default_cache_dir()`); anything else goes to
+    `None` or `EMBEDDED` select the offline build (cached under
+    `cache_dir`, default `cache_dir()`); anything else goes to
     `AutoTokenizer.from_pretrained` (a local checkpoint folder or a hub id already in the HF cache).
     With `QUALITUNE_QWEN_TOKENIZER` set, the offline build is read from that saved folder instead.
     """
-    from qualitune.vlm.model import TINY_NAME  # local import: model.py imports this module
-
-    if name_or_path is not None and str(name_or_path) not in (EMBEDDED, TINY_NAME):
+    if name_or_path is not None and str(name_or_path) != EMBEDDED:
         return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
     saved = os.environ.get(SAVED_TOKENIZER_ENV)
     if saved:  # a machine without dashscope (a bare GPU box): a copy saved where dashscope was
         if not (Path(saved) / "tokenizer.json").is_file():
-            raise ValueError(
+            raise QualituneError(
                 f"{SAVED_TOKENIZER_ENV}={saved} holds no tokenizer.json; write one with "
                 "`python benchmarks/gpu_check.py --save-tokenizer DIR` on a machine with dashscope"
             )
         return _finish(AutoTokenizer.from_pretrained(saved, trust_remote_code=False))
     source = qwen_tiktoken_path()
-    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = Path(cache_dir) if cache_dir is not None else cache_dir()
     target = target / _cache_key(source)
     if str(target) in _LOADED:
         return _LOADED[str(target)]

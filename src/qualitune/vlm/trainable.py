@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from qualitune.vlm.inputs import _unwrap
+from qualitune.errors import QualituneError
+from qualitune.vlm.unwrap import unwrap_model
 
 TUNINGS = ("lora", "full", "encoder", "warmup")
 VISION_PREFIX = "model.visual."
@@ -67,7 +68,7 @@ class LoraSettings:
     def target_regex(self) -> str:
         """Only the decoder's layers: the vision tower also has `gate_proj`/`up_proj`/`down_proj`."""
         if not self.target_modules:
-            raise ValueError("train.lora.target_modules is empty")
+            raise QualituneError("train.lora.target_modules is empty")
         names = "|".join(re.escape(m) for m in self.target_modules)
         return rf"^model\.language_model\..*\.({names})$"
 
@@ -75,7 +76,7 @@ class LoraSettings:
 def apply_tuning(model: torch.nn.Module, tuning: str, lora: LoraSettings | None = None) -> torch.nn.Module:
     """Set `requires_grad` for the chosen mode; LoRA modes return the peft-wrapped model."""
     if tuning not in TUNINGS:
-        raise ValueError(f"train.tuning must be one of {TUNINGS}, got {tuning!r}")
+        raise QualituneError(f"train.tuning must be one of {TUNINGS}, got {tuning!r}")
     if hasattr(model, "peft_config"):
         return _continue_lora(model, tuning)
     for p in model.parameters():
@@ -90,7 +91,9 @@ def apply_tuning(model: torch.nn.Module, tuning: str, lora: LoraSettings | None 
                 if part_of(name) == "projector":
                     p.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(f"tuning {tuning!r} left no trainable parameter (check train.lora.target_modules)")
+        raise QualituneError(
+            f"tuning {tuning!r} left no trainable parameter (check train.lora.target_modules)"
+        )
     return model
 
 
@@ -99,7 +102,7 @@ def _continue_lora(model: torch.nn.Module, tuning: str) -> torch.nn.Module:
     PMOD pre-training) keeps training the same adapters: wrapping it again would stack a second,
     fresh LoRA on top and leave the first one frozen."""
     if tuning not in ("lora", "warmup"):
-        raise ValueError(
+        raise QualituneError(
             f"tuning {tuning!r} on a model that already has LoRA adapters: merge them first "
             "(merge_and_unload) or continue with tuning lora/warmup"
         )
@@ -122,7 +125,9 @@ def add_lora(model: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
     peft_model = get_peft_model(model, cfg)
     n = sum(1 for name, _ in peft_model.named_modules() if name.endswith("lora_A"))
     if n == 0:
-        raise ValueError(f"no decoder module matches train.lora.target_modules={list(lora.target_modules)}")
+        raise QualituneError(
+            f"no decoder module matches train.lora.target_modules={list(lora.target_modules)}"
+        )
     return peft_model
 
 
@@ -143,15 +148,15 @@ def non_lora_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], *, what: str = "weights") -> None:
     """Copy named weights into the bare model; every name must exist with the same shape."""
-    base = _unwrap(model)
+    base = unwrap_model(model)
     params = dict(base.named_parameters())
     missing = [n for n in weights if n not in params]
     if missing:
-        raise ValueError(f"{what}: {len(missing)} names do not exist in the model, e.g. {missing[:3]}")
+        raise QualituneError(f"{what}: {len(missing)} names do not exist in the model, e.g. {missing[:3]}")
     with torch.no_grad():
         for name, value in weights.items():
             if params[name].shape != value.shape:
-                raise ValueError(
+                raise QualituneError(
                     f"{what}: {name} has shape {tuple(value.shape)}, the model {tuple(params[name].shape)}"
                 )
             params[name].copy_(value.to(params[name].dtype))
@@ -160,7 +165,9 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], *, wh
 def vision_weights(model: torch.nn.Module, *, include_projector: bool = False) -> dict[str, torch.Tensor]:
     """The vision encoder's weights (optionally with the projector), keyed by bare-model names."""
     keep = ("vision", "projector") if include_projector else ("vision",)
-    return {n: p.detach().cpu().clone() for n, p in _unwrap(model).named_parameters() if part_of(n) in keep}
+    return {
+        n: p.detach().cpu().clone() for n, p in unwrap_model(model).named_parameters() if part_of(n) in keep
+    }
 
 
 def transfer_vision(
@@ -173,7 +180,7 @@ def transfer_vision(
     dst_cfg = _vision_config(target)
     if src_cfg != dst_cfg:
         diff = sorted(k for k in set(src_cfg) | set(dst_cfg) if src_cfg.get(k) != dst_cfg.get(k))
-        raise ValueError(f"vision configs differ in {diff}: the encoder cannot move to this decoder")
+        raise QualituneError(f"vision configs differ in {diff}: the encoder cannot move to this decoder")
     weights = vision_weights(source, include_projector=include_projector)
     load_weights(target, weights, what="vision transfer")
     return len(weights)
@@ -183,7 +190,7 @@ _IGNORED_VISION_KEYS = {"out_hidden_size", "_name_or_path", "transformers_versio
 
 
 def _vision_config(model: torch.nn.Module) -> dict:
-    cfg = _unwrap(model).config.vision_config.to_dict()
+    cfg = unwrap_model(model).config.vision_config.to_dict()
     return {k: v for k, v in cfg.items() if k not in _IGNORED_VISION_KEYS}
 
 

