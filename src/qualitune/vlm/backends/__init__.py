@@ -46,6 +46,6 @@ def backend_for(name_or_path: str | Path) -> Backend:
 def backend_of(model: torch.nn.Module) -> Backend:
     """The backend a loaded model belongs to (the first registered one that owns it, else `qwen`)."""
     for backend in BY_NAME.values():
-        if backend is not FALLBACK and backend.owns(model):
+        if backend.owns(model):
             return backend
     return FALLBACK

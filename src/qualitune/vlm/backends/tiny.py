@@ -125,8 +125,11 @@ def load_model(
     return model, tokenizer
 
 
-owns = qwen.owns
-"""A tiny model is a Qwen2.5-VL: the `qwen` backend's check."""
+def owns(model: torch.nn.Module) -> bool:
+    """Always False: a loaded tiny model is a plain Qwen2.5-VL, so `backend_of` hands it to the
+    `qwen` backend (whose image processor it shares)."""
+    return False
+
 
 make_processor = qwen.make_processor
 """Qwen's patch image processor: the tiny model keeps the real patch geometry."""
