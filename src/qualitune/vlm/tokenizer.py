@@ -24,6 +24,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from qualitune import cache
 from qualitune.errors import QualituneError
 
 EMBEDDED = "qwen2.5-vl-offline"
@@ -170,7 +171,7 @@ def load_qwen_tokenizer(
     """Load the tokenizer for a checkpoint, or the offline Qwen2.5-VL tokenizer.
 
     `None` or `EMBEDDED` select the offline build (cached under
-    `cache_dir`, default `cache_dir()`); anything else goes to
+    `cache_dir`, default `cache.cache_dir()`); anything else goes to
     `AutoTokenizer.from_pretrained` (a local checkpoint folder or a hub id already in the HF cache).
     With `QUALITUNE_QWEN_TOKENIZER` set, the offline build is read from that saved folder instead.
     """
@@ -185,7 +186,7 @@ def load_qwen_tokenizer(
             )
         return _finish(AutoTokenizer.from_pretrained(saved, trust_remote_code=False))
     source = qwen_tiktoken_path()
-    target = Path(cache_dir) if cache_dir is not None else cache_dir()
+    target = Path(cache_dir) if cache_dir is not None else cache.cache_dir()
     target = target / _cache_key(source)
     if str(target) in _LOADED:
         return _LOADED[str(target)]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qualitune.cache import cache_dir
+from qualitune import cache
 from qualitune.errors import QualituneError
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def build_fast_encoder(features: nn.Module, x: torch.Tensor):
                     copy.deepcopy(features.maps),
                     x[:1].detach(),
                     name="efficientnet-lite0",
-                    cache_dir=cache_dir(),
+                    cache_dir=cache.cache_dir(),
                 )
             except Exception as exc:  # noqa: BLE001 -- any export/runtime failure: the slower path
                 if runtime == "onnxruntime":

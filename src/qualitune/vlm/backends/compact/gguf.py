@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from qualitune.cache import cache_dir
+from qualitune import cache
 from qualitune.vlm.backends.compact.assets import SMOLLM2_GGUF, smollm2_gguf_dir
 
 _CACHE_VERSION = 1
@@ -23,7 +23,7 @@ def decoder_cache_dir() -> Path:
     """The folder of the converted decoder (safetensors + tokenizer), keyed by the GGUF file's size."""
     gguf = smollm2_gguf_dir() / SMOLLM2_GGUF
     stat = gguf.stat()
-    return cache_dir() / f"smollm2-135m-instruct-v{_CACHE_VERSION}-{stat.st_size}"
+    return cache.cache_dir() / f"smollm2-135m-instruct-v{_CACHE_VERSION}-{stat.st_size}"
 
 
 def convert_decoder() -> Path:
