@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from qualitune.errors import QualituneError
-from qualitune.ingest.core import Adapted, _as_bool, _existing_dirs, _frame, _require_file, _Resolver
+from qualitune.ingest import core
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def _mat_vector(path: Path, key: str) -> np.ndarray:
     from scipy.io import loadmat
 
-    _require_file(path, "MATLAB label file")
+    core._require_file(path, "MATLAB label file")
     try:
         data = loadmat(path)
     except Exception as exc:
@@ -40,7 +40,7 @@ def _cell_text(cell: Any) -> str:
 LIVEC_TRAINING = frozenset(f"t{i}" for i in range(1, 8))
 
 
-def read_livec(root: Path, *, keep_training_images: bool = False) -> Adapted:
+def read_livec(root: Path, *, keep_training_images: bool = False) -> core.Adapted:
     """LIVE Challenge: three .mat files (names cell, MOS 0–100, std); t1–t7 dropped by convention."""
     data = root / "Data"
     img_file, mos_file, std_file = (
@@ -60,7 +60,7 @@ def read_livec(root: Path, *, keep_training_images: bool = False) -> Adapted:
     keep = np.ones(len(names), dtype=bool)
     dropped: list[dict[str, Any]] = []
     training = np.asarray([PurePosixPath(n).stem.lower() in LIVEC_TRAINING for n in names])
-    if training.any() and not _as_bool(keep_training_images, "keep_training_images"):
+    if training.any() and not core._as_bool(keep_training_images, "keep_training_images"):
         keep = ~training
         count = int(training.sum())
         reason = (
@@ -78,10 +78,10 @@ def read_livec(root: Path, *, keep_training_images: bool = False) -> Adapted:
     names = [n for n, k in zip(names, keep, strict=True) if k]
     mos = mos[keep]
     std = std[keep] if std is not None else None
-    resolver = _Resolver(_existing_dirs(root / "Images") + [root / "Images" / "trainingImages"])
+    resolver = core._Resolver(core._existing_dirs(root / "Images") + [root / "Images" / "trainingImages"])
     paths, found = resolver.resolve_all(names)
-    frame = _frame(names, paths, found, mos, std=std)
+    frame = core._frame(names, paths, found, mos, std=std)
     files = [str(f) for f in (img_file, mos_file, std_file) if f.is_file()]
-    return Adapted(
+    return core.Adapted(
         frame, scale=(0.0, 100.0), labels=files, dropped=dropped, resolved_by_stem=resolver.by_stem
     )
