@@ -21,7 +21,9 @@ machine hits all alike; the table gives medians. Last line: one JSON object with
 and `score_slowdown` (loaded / idle seconds) for the default policy, and the same for ACTIVE under
 `before`.
 
-    python benchmarks/under_load.py [--quick] [--n 48] [--repeats 3]
+    python benchmarks/under_load.py [--quick] [--n 48] [--repeats 3] [--spin N]
+
+`--spin N` adds libgomp's default policy with GOMP_SPINCOUNT=N (spin N iterations, then sleep).
 """
 
 # isort: split
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 
 POLICIES = ("ACTIVE", "PASSIVE")
+# `--spin N` adds a third: libgomp's default policy with GOMP_SPINCOUNT=N (spin briefly, then sleep)
 BUSY = "while True: pass"
 
 
@@ -111,7 +114,12 @@ def child(n: int) -> dict:
 
 
 def run_child(policy: str, loaded: bool, n: int) -> dict:
-    env = dict(os.environ, OMP_WAIT_POLICY=policy)
+    env = dict(os.environ)
+    if policy.startswith("SPIN"):  # the default policy with a bounded spin
+        env["OMP_WAIT_POLICY"] = ""  # set (so qualitune keeps it) but no policy: libgomp's default
+        env["GOMP_SPINCOUNT"] = policy[len("SPIN") :]
+    else:
+        env["OMP_WAIT_POLICY"] = policy
     busy = subprocess.Popen([sys.executable, "-c", BUSY]) if loaded else None
     try:
         res = subprocess.run(
@@ -131,6 +139,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 photos, 1 repeat")
     ap.add_argument("--n", type=int, default=None, help="photos per run (default 48, quick 16)")
     ap.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3, quick 1)")
+    ap.add_argument("--spin", type=int, default=None, help="also time GOMP_SPINCOUNT=N (default policy)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     n = args.n or (16 if args.quick else 48)
@@ -138,9 +147,10 @@ def main() -> None:
         print(json.dumps(child(n)))
         return
     repeats = args.repeats or (1 if args.quick else 3)
+    policies = POLICIES + ((f"SPIN{args.spin}",) if args.spin is not None else ())
     cells: dict[tuple[str, bool], list[dict]] = {}
     for _ in range(repeats):
-        for policy in POLICIES:
+        for policy in policies:
             for loaded in (False, True):
                 r = run_child(policy, loaded, n)
                 cells.setdefault((policy, loaded), []).append(r)
@@ -153,7 +163,7 @@ def main() -> None:
         return statistics.median(r[key] for r in cells[(policy, loaded)])
 
     summary = {}
-    for policy in POLICIES:
+    for policy in policies:
         s = {"n": n, "repeats": repeats}
         for part in ("train", "score"):
             idle, busy = med(policy, False, f"{part}_s"), med(policy, True, f"{part}_s")
@@ -179,6 +189,7 @@ def main() -> None:
                 "idle_cost_score": round(after["score_idle_s"] / before["score_idle_s"], 3),
                 "after": after,
                 "before": before,
+                **{k: v for k, v in summary.items() if k.startswith("SPIN")},
             }
         )
     )
