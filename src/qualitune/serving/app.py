@@ -16,11 +16,11 @@ from qualitune.errors import QualituneError
 from qualitune.jsonable import json_safe
 from qualitune.serving.protocol import (
     RequestError,
-    _short,
     check_content_type,
     decode_rows,
     parse_request,
     read_body,
+    short,
 )
 from qualitune.serving.service import ScoringService
 from qualitune.serving.settings import LOOPBACK_HOSTS, ServeSettings
@@ -92,14 +92,14 @@ def create_app(service: ScoringService, settings: ServeSettings) -> FastAPI:
                 service.score, decoded, len(parsed.values), mode=parsed.mode, batch_size=parsed.batch_size
             )
         except RequestError as err:
-            log.info("invocations: %d %s", err.status, _short(err.message))
+            log.info("invocations: %d %s", err.status, short(err.message))
             return error_response(err)
         except ClientDisconnect:  # the client went away mid-upload: nobody to answer, nothing to log loudly
             log.info("invocations: the client disconnected before sending the whole body")
             return error_response(RequestError(400, "client disconnected"))
         except Exception as exc:  # a bug or a model failure: answer, log the traceback, keep serving
             log.exception("invocations failed")
-            return error_response(RequestError(500, f"scoring failed: {type(exc).__name__}: {_short(exc)}"))
+            return error_response(RequestError(500, f"scoring failed: {type(exc).__name__}: {short(exc)}"))
         finally:
             app.state.pending -= 1
         log.debug(

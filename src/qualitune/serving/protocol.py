@@ -19,7 +19,7 @@ from typing import Any
 from qualitune.codec import IMAGE_COLUMN, decode_base64, decode_media, image_column, sniff_video_suffix
 from qualitune.codec import MODES as _MODES
 from qualitune.media import MediaError
-from qualitune.serving.settings import _MB, ServeSettings, _is_int
+from qualitune.serving.settings import MB, ServeSettings, is_int
 
 _PARAMS = ("mode", "batch_size")
 # MLflow's request keys (mlflow.pyfunc.scoring_server): exactly one per request, plus optional params.
@@ -105,19 +105,19 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, li
         except ValueError:
             raise RequestError(400, f"Content-Length is not a number: {content_length[:40]!r}") from None
         if declared > limit:
-            raise _too_large(f"the request body is {declared / _MB:.1f} MB", limit)
+            raise _too_large(f"the request body is {declared / MB:.1f} MB", limit)
     buf = bytearray()
     async for chunk in chunks:
         buf += chunk
         if len(buf) > limit:
-            raise _too_large(f"the request body passed {limit / _MB:g} MB", limit)
+            raise _too_large(f"the request body passed {limit / MB:g} MB", limit)
     return bytes(buf)
 
 
 def _too_large(what: str, limit: int) -> RequestError:
     return RequestError(
         413,
-        f"{what}; the limit is {limit / _MB:g} MB (serve.max_request_mb). Send fewer or smaller files per "
+        f"{what}; the limit is {limit / MB:g} MB (serve.max_request_mb). Send fewer or smaller files per "
         "request; base64 makes a file about 4/3 of its size",
         headers={"Connection": "close"},  # the rest of the body is not read: this connection is done
     )
@@ -133,7 +133,7 @@ def parse_request(body: bytes, settings: ServeSettings) -> ParsedRequest:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(
-            400, f"the request body is not valid JSON ({_short(exc)}); send {_EXAMPLE}"
+            400, f"the request body is not valid JSON ({short(exc)}); send {_EXAMPLE}"
         ) from None
     if not isinstance(payload, dict):
         raise RequestError(
@@ -256,7 +256,7 @@ def _params(raw: Any, settings: ServeSettings) -> tuple[str, int]:
     if mode not in _MODES:
         raise RequestError(400, f"params.mode must be one of {list(_MODES)}, got {mode!r}")
     batch_size = raw.get("batch_size", settings.batch_size)
-    if not _is_int(batch_size) or not 1 <= batch_size <= settings.max_items:
+    if not is_int(batch_size) or not 1 <= batch_size <= settings.max_items:
         raise RequestError(
             400,
             f"params.batch_size must be an integer in 1..{settings.max_items} (serve.max_items), got {batch_size!r}",
@@ -270,7 +270,8 @@ def _kind(value: Any) -> str:
     return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
 
 
-def _short(exc: BaseException, n: int = 200) -> str:
+def short(exc: BaseException, n: int = 200) -> str:
+    """An exception or message cut to `n` characters: error bodies and log lines never carry a payload."""
     text = str(exc)
     return text if len(text) <= n else text[: n - 3] + "..."
 

@@ -21,7 +21,7 @@ _KNOWN_KEYS = (
     "mode",
     "batch_size",
 )
-_MB = 1024 * 1024
+MB = 1024 * 1024
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -46,7 +46,7 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host.strip():
             raise QualituneError(f"{SECTION}.host must be a host name or address, got {self.host!r}")
-        if not _is_int(self.port) or not 0 <= self.port <= 65535:
+        if not is_int(self.port) or not 0 <= self.port <= 65535:
             raise QualituneError(
                 f"{SECTION}.port must be an integer in 0..65535 (0: any free port), got {self.port!r}"
             )
@@ -61,14 +61,14 @@ class ServeSettings:
                 raise QualituneError(f"{SECTION}.{key} must be a number > 0, got {value!r}")
         for key in ("max_items", "max_pending", "batch_size"):
             value = getattr(self, key)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise QualituneError(f"{SECTION}.{key} must be an integer >= 1, got {value!r}")
         if self.mode not in _MODES:
             raise QualituneError(f"{SECTION}.mode must be one of {list(_MODES)}, got {self.mode!r}")
 
     @property
     def max_request_bytes(self) -> int:
-        return int(self.max_request_mb * _MB)
+        return int(self.max_request_mb * MB)
 
     @property
     def max_pixels(self) -> int:
@@ -88,5 +88,6 @@ class ServeSettings:
         return cls(**{k: v for k, v in raw.items() if v is not None})
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (JSON true would otherwise pass as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
