@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qualitune.config import section
+from qualitune.sections import AnnotateSettings, ValidateSettings
 from qualitune.stages import stage_main
 
 
@@ -17,19 +17,15 @@ def run_stage(params: dict) -> int:
     from qualitune.annotate import annotate_paths
     from qualitune.manifest import read_manifest
 
-    cfg = section(params, "annotate")
-    df = read_manifest(section(params, "validate")["out"])
-    table = annotate_paths(
-        df["path"].astype(str).tolist(),
-        list(cfg["annotators"]),
-        n_frames=int(cfg.get("n_frames", 2)),
-        workers=int(cfg.get("workers") or 0) or None,
-        cache_dir=cfg.get("cache_dir"),
-    )
-    Path(cfg["out"]).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(cfg["out"], index=False)
+    s = AnnotateSettings.from_params(params)
+    df = read_manifest(ValidateSettings.from_params(params).out)
+    paths = df["path"].astype(str).tolist()
+    kw = {"n_frames": s.n_frames, "workers": s.workers or None, "cache_dir": s.cache_dir}
+    table = annotate_paths(paths, list(s.annotators), **kw)
+    Path(s.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(s.out, index=False)
     n_err = int((table["error"].fillna("") != "").sum())
-    print(f"annotate: {len(table)} items x {len(cfg['annotators'])} annotators, {n_err} items with an error")
+    print(f"annotate: {len(table)} items x {len(s.annotators)} annotators, {n_err} items with an error")
     return 0
 
 

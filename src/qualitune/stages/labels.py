@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import sys
 
-from qualitune.config import section
 from qualitune.labels import LabelRange, add_labels
 from qualitune.manifest import manifest_metadata, read_manifest, write_manifest
+from qualitune.sections import LabelsSettings, ValidateSettings
 from qualitune.stages import stage_main
 
 
 def run_stage(params: dict) -> int:
-    cfg = section(params, "labels")
-    src = section(params, "validate")["out"]
-    lo, hi = cfg.get("range", [10, 50])
-    fmt = cfg.get("format", "integer")
-    df = add_labels(read_manifest(src), fmt=fmt, rng=LabelRange(int(lo), int(hi)))
-    write_manifest(df, cfg["out"], manifest_metadata(src) | {"labels": {"format": fmt, "range": [lo, hi]}})
+    s = LabelsSettings.from_params(params)
+    src = ValidateSettings.from_params(params).out
+    lo, hi = s.range
+    df = add_labels(read_manifest(src), fmt=s.format, rng=LabelRange(lo, hi))
+    write_manifest(df, s.out, manifest_metadata(src) | {"labels": {"format": s.format, "range": [lo, hi]}})
     print(
         f"labels: {len(df)} items, range [{lo}, {hi}], observed [{df['label_int'].min()}, {df['label_int'].max()}]"
     )

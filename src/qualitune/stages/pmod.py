@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import sys
 
-from qualitune.config import section
+from qualitune.sections import AnnotateSettings, LabelsSettings, PmodSettings
 from qualitune.stages import stage_main
 
 
 def run_stage(params: dict) -> int:
     from qualitune.pmod import run_pmod
 
-    cfg = section(params, "pmod")
-    ann_cfg = section(params, "annotate")
-    names = [n for n in ann_cfg["annotators"] if n not in set(cfg.get("exclude", []))]
+    s, ann = PmodSettings.from_params(params), AnnotateSettings.from_params(params)
+    names = [n for n in ann.annotators if n not in set(s.exclude)]
     run_pmod(
-        section(params, "labels")["out"],
-        ann_cfg["out"],
+        LabelsSettings.from_params(params).out,
+        ann.out,
         names,
-        out=cfg["out"],
-        calibration=cfg.get("calibration", "isotonic"),
-        min_std=float(cfg.get("min_std", 0.25)),
-        metrics=cfg["metrics"],
-        calibrations=cfg["calibrations"],
-        plot_correlations=cfg["plot_correlations"],
-        plot_scatter=cfg["plot_scatter"],
-        plot_calibration=cfg["plot_calibration"],
-        calibration_png=cfg["calibration_png"],
+        out=s.out,
+        calibration=s.calibration,
+        min_std=s.min_std,
+        **s.outputs(),
     )
     return 0
 

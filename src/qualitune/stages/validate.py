@@ -4,29 +4,29 @@ from __future__ import annotations
 
 import sys
 
-from qualitune.config import section
+from qualitune.sections import IngestSettings, ValidateSettings
 from qualitune.stages import stage_main
 from qualitune.validate import GateFailed, run_validation, summary, write_metrics
 
 
 def run_stage(params: dict) -> int:
-    cfg = section(params, "validate")
+    s = ValidateSettings.from_params(params)
     try:
         outcome = run_validation(
-            section(params, "ingest")["out"],
-            out=cfg["out"],
-            quarantine=cfg["quarantine"],
-            report=cfg["report"],
-            html=cfg.get("html"),
-            max_fail_share=float(cfg.get("max_fail_share", 0.0)),
-            check_media=bool(cfg.get("check_media", True)),
+            IngestSettings.from_params(params).out,
+            out=s.out,
+            quarantine=s.quarantine,
+            report=s.report,
+            html=s.html,
+            max_fail_share=s.max_fail_share,
+            check_media=s.check_media,
         )
     except GateFailed as exc:
-        print(f"validation gate FAILED\n{exc}\nquarantine: {cfg['quarantine']}", file=sys.stderr)
+        print(f"validation gate FAILED\n{exc}\nquarantine: {s.quarantine}", file=sys.stderr)
         return 1
     print(summary(outcome))
-    if cfg.get("metrics"):
-        write_metrics(outcome, cfg["metrics"])
+    if s.metrics:
+        write_metrics(outcome, s.metrics)
     return 0
 
 
