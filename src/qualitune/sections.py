@@ -220,8 +220,15 @@ class PmodSettings(Section):
 
     def outputs(self) -> dict[str, str | None]:
         """The keyword arguments of `run_pmod` that name its report files."""
-        names = ("metrics", "calibrations", "plot_correlations", "plot_scatter", "plot_calibration")
-        return {k: getattr(self, k) for k in (*names, "calibration_png")}
+        names = (
+            "metrics",
+            "calibrations",
+            "plot_correlations",
+            "plot_scatter",
+            "plot_calibration",
+            "calibration_png",
+        )
+        return {k: getattr(self, k) for k in names}
 
 
 DATA_SECTIONS: tuple[type[Section], ...] = (
