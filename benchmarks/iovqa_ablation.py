@@ -31,11 +31,12 @@ VARIANTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qualitune.config import deep_merge, load_params, section
+    from qualitune.config import deep_merge, load_params
     from qualitune.evaluate import evaluate_split
     from qualitune.manifest import read_manifest
     from qualitune.pipeline.train import train_scorer
     from qualitune.scorer import Scorer
+    from qualitune.sections import PmodSettings, TrainStageSettings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
 
     params = load_params(args.params)
-    df = read_manifest(section(params, "train").get("data") or section(params, "pmod")["out"])
+    df = read_manifest(TrainStageSettings.from_params(params).data or PmodSettings.from_params(params).out)
     results = {}
     for name, overrides in VARIANTS.items():
         slug = name.replace(" + ", "-")

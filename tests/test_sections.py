@@ -1,5 +1,6 @@
-"""The data stages' typed params sections: defaults equal params.yaml, unknown keys and wrong types
-are errors that name the key, and a partial section means what params.yaml means."""
+"""The typed params sections (data stages, model, train, evaluate): defaults equal params.yaml,
+unknown keys and wrong types are errors that name the key, and a partial section means what
+params.yaml means."""
 
 from __future__ import annotations
 
@@ -13,28 +14,39 @@ from qualitune.errors import QualituneError
 from qualitune.sections import (
     DATA_SECTIONS,
     AnnotateSettings,
+    EvaluateSettings,
     IngestSettings,
     LabelsSettings,
+    ModelSettings,
     PmodSettings,
     ValidateSettings,
 )
+from qualitune.training.settings import (
+    STAGE_KEYS,
+    TrainSection,
+    TrainSettings,
+    TrainStageSettings,
+    VitalSettings,
+)
+from qualitune.vlm.scoring import MAX_INVALID_MASS
+from qualitune.vlm.trainable import LoraSettings
 
 PARAMS = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+SECTIONS = (*DATA_SECTIONS, ModelSettings, EvaluateSettings)
 
 
-@pytest.mark.parametrize("cls", DATA_SECTIONS, ids=lambda c: c.SECTION)
+@pytest.mark.parametrize("cls", SECTIONS, ids=lambda c: c.SECTION)
 def test_defaults_are_params_yaml(cls):
     # every key of the section is a field (no unknown key) and every default is params.yaml's value
     assert set(PARAMS[cls.SECTION]) == {f.name for f in dataclasses.fields(cls)}
     assert cls.from_params(PARAMS) == cls() == cls.from_params({})
 
 
-@pytest.mark.parametrize("cls", DATA_SECTIONS, ids=lambda c: c.SECTION)
+@pytest.mark.parametrize("cls", (*SECTIONS, TrainSection), ids=lambda c: getattr(c, "SECTION", "train"))
 def test_unknown_key_is_refused_with_the_known_ones(cls):
-    with pytest.raises(
-        QualituneError, match=rf"unknown key\(s\) in params {cls.SECTION}: \['typo_key'\]; known"
-    ):
-        cls.from_params({cls.SECTION: {**PARAMS[cls.SECTION], "typo_key": 1}})
+    with pytest.raises(QualituneError, match=r"unknown key\(s\) in params \w+: \['typo_key'\]; known"):
+        name = getattr(cls, "SECTION", "train")
+        cls.from_params({name: {**PARAMS[name], "typo_key": 1}})
 
 
 @pytest.mark.parametrize(
@@ -53,10 +65,27 @@ def test_unknown_key_is_refused_with_the_known_ones(cls):
         ("ingest", {"options": ["labels.csv"]}, r"ingest.options must be a mapping"),
         ("ingest", {"holdout": 500}, r"ingest.holdout must be dict or null, got 500"),
         ("ingest", {"val_from_train": 1.0}, r"ingest.val_from_train must be in \[0, 1\)"),
+        ("model", {"max_pixels": 1000}, r"0 < min_pixels <= max_pixels, got 3136, 1000"),
+        ("model", {"video_mode": "clip"}, r"model.video_mode must be one of \['frames', 'video'\]"),
+        ("model", {"feature_cache": 0}, r"model.feature_cache must be str or null, got 0"),
+        ("evaluate", {"modes": ["beam"]}, r"evaluate.modes\[0\] must be one of \['expected', 'greedy'\]"),
+        ("evaluate", {"batch_size": 0}, r"evaluate.batch_size >= 1"),
+        ("evaluate", {"instability": {"repeats": 1}}, r"repeats >= 2"),
+        ("evaluate", {"lens": {"sampel": 3}}, r"unknown key\(s\) in params evaluate.lens: \['sampel'\]"),
+        ("train", {"lr": "fast"}, r"train.lr must be a finite number, got 'fast'"),
+        ("train", {"lora": {"r": 8.5}}, r"train.lora.r must be an integer"),
+        ("train", {"vital": {"kl_wieght": 1}}, r"unknown key\(s\) in params train.vital"),
+        ("train", {"val_modes": ["beam"]}, r"train.val_modes\[0\] must be one of \['expected', 'greedy'\]"),
+        ("train", {"val_modes": []}, r"train.val_modes must be a non-empty list"),
+        ("train", {"val_modes": "greedy"}, r"train.val_modes must be a list"),
+        ("train", {"resume": "yes"}, r"train.resume must be true or false"),
+        ("train", {"max_invalid_mass": 0}, r"train.max_invalid_mass must be in \(0, 1\]"),
+        ("train", {"pretrain": {"enabled": True, "epoch": 1}}, r"unknown keys in params train.pretrain"),
     ],
 )
 def test_bad_values_name_the_key(section, override, message):
-    cls = {c.SECTION: c for c in DATA_SECTIONS}[section]
+    cls = {c.SECTION: c for c in SECTIONS} | {"train": TrainSection}
+    cls = cls[section]
     with pytest.raises(QualituneError, match=message):
         cls.from_params({section: {**PARAMS[section], **override}})
 
@@ -76,3 +105,30 @@ def test_partial_sections_keep_the_other_defaults_and_coerce_types():
 def test_a_section_that_is_not_a_mapping_is_refused():
     with pytest.raises(QualituneError, match="params pmod must be a mapping, got list"):
         PmodSettings.from_params({"pmod": ["isotonic"]})
+
+
+def test_train_defaults_are_params_yaml():
+    """`TrainSettings()` is the pipeline's recipe: the loop's, LoRA's, VITAL's and the stage's
+    defaults are params.yaml's train values, and a train section left out means the same."""
+    train = PARAMS["train"]
+    loop_keys = {f.name for f in dataclasses.fields(TrainSettings)}
+    assert set(train) == loop_keys | set(STAGE_KEYS) and not loop_keys & set(STAGE_KEYS)
+    assert set(train["lora"]) | {"extra"} == {f.name for f in dataclasses.fields(LoraSettings)}
+    assert set(train["vital"]) == {f.name for f in dataclasses.fields(VitalSettings)}
+    full, empty = TrainSection.from_params(PARAMS), TrainSection.from_params({})
+    assert full.loop == TrainSettings() == empty.loop
+    assert full.loop.lora == LoraSettings() and full.loop.vital == VitalSettings()
+    assert full.stage == TrainStageSettings() == empty.stage
+    assert full.pretrain == empty.pretrain and full.pretrain.method == "vital"
+    assert TrainStageSettings().max_invalid_mass == MAX_INVALID_MASS  # the scorer's own default
+
+
+def test_train_section_coerces_types_and_keeps_the_pretrain_switch():
+    s = TrainSection.from_params({"train": {"epochs": 3, "label_range": [1, 5], "val_modes": ["greedy"]}})
+    assert s.loop.epochs == 3.0 and isinstance(s.loop.epochs, float) and s.loop.label_range == (1, 5)
+    assert s.stage.val_modes == ("greedy",) and s.stage.out == "models/scorer"
+    off = TrainSection.from_params({"train": {"pretrain": {**PARAMS["train"]["pretrain"], "enabled": False}}})
+    assert off.pretrain is None and off.loop == TrainSettings()
+    assert TrainSettings.from_params({"packing": True, "lora": {"target_modules": ["q_proj"]}}).lora == (
+        LoraSettings(target_modules=("q_proj",))
+    )

@@ -283,15 +283,3 @@ def test_pmod_pretraining_is_a_first_phase_whose_weights_the_mos_recipe_continue
     assert (project / "reports/train_loss.png").stat().st_size > 5000
     assert not any((project / "models/checkpoints").glob("*/ckpt-*"))  # a finished run keeps no resume points
     assert run.data.params["pretrain.method"] == "vital"
-
-
-def test_val_modes_default_to_expected_and_refuse_unknown_modes():
-    """The stage validates in `expected` mode only unless told (evaluate scores both modes)."""
-    from qualitune.pipeline.train import _val_modes
-
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    assert _val_modes(params["train"]["val_modes"]) == ("expected",)
-    assert _val_modes("greedy") == ("greedy",)
-    for bad in ([], ["beam"], None):
-        with pytest.raises(ValueError, match="train.val_modes"):
-            _val_modes(bad)

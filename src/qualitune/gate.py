@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from qualitune.codec import MODES as _MODES
 from qualitune.errors import QualituneError
 from qualitune.jsonable import json_safe, numeric_only
+from qualitune.sections import ModelSettings
 from qualitune.store import SCORER_ARTIFACT, download_scorer
 from qualitune.tracking import quiet_mlflow
 
@@ -118,9 +119,8 @@ class RegisterSettings:
         for key in ("min_final", "margin"):
             if isinstance(kwargs.get(key), int) and not isinstance(kwargs[key], bool):
                 kwargs[key] = float(kwargs[key])
-        model = params.get("model") or {}
-        store = model.get("feature_cache") if isinstance(model, Mapping) else None
-        return cls(model_name=name, feature_store=str(store) if store else None, **kwargs)
+        store = ModelSettings.from_params(params).feature_cache
+        return cls(model_name=name, feature_store=store, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,13 +1,14 @@
-"""Typed params sections: one frozen dataclass per `params.yaml` section of the data stages.
+"""Typed params sections: one frozen dataclass per `params.yaml` section the stages read.
 
 Why: a stage that reads `cfg.get("min_std", 0.25)` carries a second default that can drift from
 params.yaml, and a typo (`min_sdt`) silently falls back to it. Here every key a section may hold is a
 field, an unknown key is an error that lists the known ones, a value of the wrong type is an error
 that names the key, and the field defaults are params.yaml's own values (tests/test_sections.py
 holds them equal), so a partial params mapping (a test's, an older params file) means what
-params.yaml means. The model, train, mlflow, register, tune and serve sections have their settings
-classes beside the code that uses them (`TrainSettings`, `TrackingSettings`, `RegisterSettings`,
-`TuneSettings`, `ServeSettings`, `DemoConfig`).
+params.yaml means. This module holds the data stages' sections, `model` and `evaluate`; the train,
+mlflow, register, tune and serve sections have their settings classes beside the code that uses them
+(`qualitune.training.settings.TrainSection`, `TrackingSettings`, `RegisterSettings`, `TuneSettings`,
+`ServeSettings`, `DemoConfig`), built with the same `build`.
 """
 
 from __future__ import annotations
@@ -229,6 +230,165 @@ class PmodSettings(Section):
             "calibration_png",
         )
         return {k: getattr(self, k) for k in names}
+
+
+@dataclass(frozen=True)
+class ModelSettings(Section):
+    """The VLM to fine-tune and how it sees media (the train stage; evaluate and register read
+    `feature_cache`). `name_or_path` is a built-in name (`qualitune.vlm.backends`), a hub id in the
+    local HF cache or a checkpoint folder."""
+
+    SECTION: ClassVar[str] = "model"
+    name_or_path: str = "compact-smollm2-135m-effnet-lite0"
+    seed: int = 0
+    dtype: str = "auto"
+    min_pixels: int = 3136
+    max_pixels: int = 50176
+    video_mode: Literal["frames", "video"] = "frames"
+    n_frames: int = 2
+    init_vision_from: str | None = None
+    transfer_projector: bool = False
+    feature_cache: str | None = ".cache/features"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise QualituneError(
+                "model.min_pixels and model.max_pixels must satisfy 0 < min_pixels <= max_pixels, got "
+                f"{self.min_pixels}, {self.max_pixels}"
+            )
+        if self.n_frames < 1:
+            raise QualituneError(f"model.n_frames must be >= 1, got {self.n_frames}")
+
+
+DEFAULT_PARAPHRASES = (
+    "Rate the visual quality of this {media} on an integer scale from {lo} to {hi}, where {lo} is the worst "
+    "and {hi} the best quality. Answer with the integer only.",
+    "How good is the quality of this {media}? Reply with one integer between {lo} and {hi} ({hi} is best).",
+    "Give this {media} a quality score from {lo} (worst) to {hi} (best). Only the integer.",
+)
+
+Mode = Literal["expected", "greedy"]
+
+
+@dataclass(frozen=True)
+class InstabilitySettings:
+    """Repeated queries per val item at `temperature`, rotating the paraphrased prompts."""
+
+    sample: int = 48
+    repeats: int = 4
+    temperature: float = 0.7
+    paraphrases: tuple[str, ...] = DEFAULT_PARAPHRASES
+
+    def __post_init__(self) -> None:
+        if self.sample < 1 or self.repeats < 2 or self.temperature <= 0 or not self.paraphrases:
+            raise QualituneError(
+                "evaluate.instability needs sample >= 1, repeats >= 2 (one query cannot change), "
+                f"temperature > 0 and at least one paraphrase, got sample {self.sample}, repeats "
+                f"{self.repeats}, temperature {self.temperature}, {len(self.paraphrases)} paraphrases"
+            )
+
+
+@dataclass(frozen=True)
+class LensSettings:
+    """The logit lens on a sample of val items: its table and heatmap."""
+
+    sample: int = 8
+    top_k: int = 5
+    table: str = "reports/logit_lens.csv"
+    heatmap: str = "reports/logit_lens.png"
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    """Attention shares (image / prompt / answer tokens) on a sample of val items."""
+
+    sample: int = 8
+    table: str = "reports/attention.csv"
+    plot: str = "reports/attention.png"
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Section):
+    """The evaluate stage (`qualitune.pipeline.evaluate.evaluate_scorer`). `data` (null = `pmod.out`)
+    scores another manifest with the same splits."""
+
+    SECTION: ClassVar[str] = "evaluate"
+    metrics: str = "reports/eval_metrics.json"
+    predictions: str = "reports/eval_predictions.csv"
+    scatter: str = "reports/eval_scatter.csv"
+    scatter_plot: str = "reports/eval_scatter.png"
+    splits: tuple[str, ...] = ("val", "test")
+    modes: tuple[Mode, ...] = ("expected", "greedy")
+    batch_size: int = 16
+    seed: int = 0
+    data: str | None = None
+    instability: InstabilitySettings = field(default_factory=InstabilitySettings)
+    lens: LensSettings = field(default_factory=LensSettings)
+    attention: AttentionSettings = field(default_factory=AttentionSettings)
+
+    def __post_init__(self) -> None:
+        if not self.splits or not self.modes or self.batch_size < 1:
+            raise QualituneError(
+                "evaluate.splits and evaluate.modes must be non-empty and evaluate.batch_size >= 1, got "
+                f"{list(self.splits)}, {list(self.modes)}, {self.batch_size}"
+            )
+        if min(self.lens.sample, self.attention.sample, self.lens.top_k) < 1:
+            raise QualituneError("evaluate.lens.sample, lens.top_k and attention.sample must be >= 1")
+
+
+# params.yaml's train.pretrain: VITAL's PMOD pre-training, on by default (docs/compact-backend.md)
+PRETRAIN: dict[str, Any] = {
+    "enabled": True,
+    "method": "vital",
+    "epochs": 1,
+    "vital": {"target": "pmod", "score_weight": 1.0, "compare_weight": 0.0, "describe_weight": 0.0},
+}
+
+
+@dataclass(frozen=True)
+class TrainStageSettings(Section):
+    """The train section's keys about the stage rather than the loop: outputs, resume points, the
+    Optuna overlay, the data (null = `pmod.out`) and the stage's own validation. `max_invalid_mass`
+    is saved in the scorer: an expected-mode answer with more probability than this off the valid
+    answers is counted as unparsed, wherever the scorer runs. `pretrain` is read by
+    `TrainSettings.pretrain_from_params`. `from_params` reads only these keys of the section: the
+    loop's keys, and a key that is neither, are `qualitune.training.settings.TrainSection`'s."""
+
+    SECTION: ClassVar[str] = "train"
+
+    out: str = "models/scorer"
+    checkpoint_dir: str | None = "models/checkpoints"
+    resume: bool = True
+    metrics: str = "reports/train_metrics.json"
+    loss_table: str | None = "reports/train_loss.csv"
+    loss_plot: str | None = "reports/train_loss.png"
+    tuned_params: str | None = "tuned_params.yaml"
+    data: str | None = None
+    val_batch_size: int = 16
+    # the evaluate stage scores every mode on val and test; greedy here would double this validation
+    val_modes: tuple[Literal["expected", "greedy"], ...] = ("expected",)
+    max_invalid_mass: float = 0.5
+    pretrain: dict[str, Any] | None = field(default_factory=lambda: dict(PRETRAIN))
+
+    def __post_init__(self) -> None:
+        if not self.val_modes or self.val_batch_size < 1:
+            raise QualituneError(
+                "train.val_modes must be a non-empty list of expected/greedy and train.val_batch_size "
+                f">= 1, got {list(self.val_modes)}, {self.val_batch_size}"
+            )
+        if not 0.0 < self.max_invalid_mass <= 1.0:
+            raise QualituneError(f"train.max_invalid_mass must be in (0, 1], got {self.max_invalid_mass}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrainStageSettings:
+        raw = params.get(cls.SECTION) or {}
+        if not isinstance(raw, Mapping):
+            raise QualituneError(f"params train must be a mapping, got {type(raw).__name__}")
+        names = {f.name for f in fields(cls)}
+        return build(cls, {k: v for k, v in raw.items() if k in names}, cls.SECTION)
+
+
+STAGE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainStageSettings))
 
 
 DATA_SECTIONS: tuple[type[Section], ...] = (

@@ -292,7 +292,9 @@ LORA_TUNINGS = ("lora", "warmup")  # train.tuning values that train LoRA adapter
 
 def effective_space(space: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """``space`` without ``lora_r`` when ``train.tuning`` trains no LoRA (the rank would change nothing)."""
-    tuning = (params.get("train") or {}).get("tuning", "lora")
+    from qualitune.training.settings import TrainSettings
+
+    tuning = TrainSettings.from_params(params.get("train") or {}).tuning
     if "lora_r" in space and tuning not in LORA_TUNINGS:
         log.info("train.tuning is %r (no LoRA): tune.space.lora_r is not searched", tuning)
         return {k: v for k, v in space.items() if k != "lora_r"}

@@ -9,22 +9,15 @@ and logs them to MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from qualitune.config import section
 from qualitune.jsonable import numeric_only
 
 log = logging.getLogger("qualitune.evaluate")
-
-DEFAULT_PARAPHRASES = (
-    "Rate the visual quality of this {media} on an integer scale from {lo} to {hi}, where {lo} is the worst "
-    "and {hi} the best quality. Answer with the integer only.",
-    "How good is the quality of this {media}? Reply with one integer between {lo} and {hi} ({hi} is best).",
-    "Give this {media} a quality score from {lo} (worst) to {hi} (best). Only the integer.",
-)
 
 
 def _sample(df, n: int, seed: int):
@@ -40,23 +33,23 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     from qualitune.manifest import read_manifest
     from qualitune.progress import Progress
     from qualitune.scorer import Scorer
+    from qualitune.sections import EvaluateSettings, ModelSettings, PmodSettings, TrainStageSettings
     from qualitune.tracking import log_artifacts, log_metrics, start_run, tracking_settings
 
-    cfg = section(params, "evaluate")
-    ref = scorer_ref or section(params, "train")["out"]
-    data = cfg.get("data") or section(params, "pmod")["out"]
+    cfg = EvaluateSettings.from_params(params)
+    pmod = PmodSettings.from_params(params)
+    ref = scorer_ref or TrainStageSettings.from_params(params).out
+    data = cfg.data or pmod.out
     df = read_manifest(data)
-    scorer = Scorer.load(ref, feature_store=section(params, "model").get("feature_cache"))
-    modes = list(cfg.get("modes", ["expected", "greedy"]))
-    batch = int(cfg.get("batch_size", 8))
-    seed = int(cfg.get("seed", 0))
-    out_paths = {k: Path(cfg[k]) for k in ("metrics", "predictions", "scatter")}
+    scorer = Scorer.load(ref, feature_store=ModelSettings.from_params(params).feature_cache)
+    modes, batch, seed = list(cfg.modes), cfg.batch_size, cfg.seed
+    out_paths = {k: Path(getattr(cfg, k)) for k in ("metrics", "predictions", "scatter")}
     for p in out_paths.values():
         p.parent.mkdir(parents=True, exist_ok=True)
 
     metrics: dict[str, Any] = {}
     preds = []
-    for split in cfg.get("splits", ["val", "test"]):
+    for split in cfg.splits:
         part = df[df["split"] == split]
         if len(part) == 0:
             log.warning("no %s rows in %s; skipped", split, data)
@@ -70,7 +63,7 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
                 name: evaluate_split(scorer, g, modes=modes, batch_size=batch)[0]
                 for name, g in part.groupby("dataset")
             }
-    splits = [s for s in cfg.get("splits", ["val", "test"]) if s in metrics]
+    splits = [s for s in cfg.splits if s in metrics]
     log.info("baselines: encoder features of %d items for the linear probe", len(df))
     progress = Progress(len(df), "linear probe: encoder features", "files")
     base, probe_info = evaluate_baselines(scorer, df, splits, batch_size=batch, on_progress=progress.report)
@@ -81,17 +74,17 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     predictions.drop(columns=["levels"], errors="ignore").to_csv(out_paths["predictions"], index=False)
     scatter = predictions[predictions["mode"] == modes[0]][["item_id", "split", "mos_norm", "score_1_5"]]
     scatter.to_csv(out_paths["scatter"], index=False)
-    plots.scatter_by_split(scatter, cfg["scatter_plot"])
+    plots.scatter_by_split(scatter, cfg.scatter_plot)
 
     val = df[df["split"] == "val"]
-    inst_cfg = dict(cfg.get("instability", {}))
-    inst_items = _sample(val, int(inst_cfg.get("sample", 32)), seed)["path"].astype(str).tolist()
+    inst = cfg.instability
+    inst_items = _sample(val, inst.sample, seed)["path"].astype(str).tolist()
     metrics["instability"] = analysis.instability(
         scorer,
         inst_items,
-        repeats=int(inst_cfg.get("repeats", 4)),
-        temperature=float(inst_cfg.get("temperature", 0.7)),
-        paraphrases=inst_cfg.get("paraphrases") or DEFAULT_PARAPHRASES,
+        repeats=inst.repeats,
+        temperature=inst.temperature,
+        paraphrases=list(inst.paraphrases),
         batch_size=batch,
         seed=seed,
     )
@@ -101,34 +94,33 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
             val_pred["description"].fillna("").tolist(), val_pred["score_1_5"].tolist()
         )
 
-    lens_cfg = dict(cfg.get("lens", {}))
-    lens_items = _sample(val, int(lens_cfg.get("sample", 8)), seed)["path"].astype(str).tolist()
-    lens = analysis.logit_lens(scorer, lens_items, top_k=int(lens_cfg.get("top_k", 5)))
-    lens.to_csv(lens_cfg["table"], index=False)
+    lens_cfg = cfg.lens
+    lens_items = _sample(val, lens_cfg.sample, seed)["path"].astype(str).tolist()
+    lens = analysis.logit_lens(scorer, lens_items, top_k=lens_cfg.top_k)
+    lens.to_csv(lens_cfg.table, index=False)
     plots.logit_lens_heatmap(
         analysis.candidate_lens(scorer, lens_items),
-        lens_cfg["heatmap"],
+        lens_cfg.heatmap,
         title="logit lens: answer-token probability per layer",
     )
-    att_cfg = dict(cfg.get("attention", {}))
-    att_items = _sample(val, int(att_cfg.get("sample", 8)), seed)["path"].astype(str).tolist()
+    att_cfg = cfg.attention
+    att_items = _sample(val, att_cfg.sample, seed)["path"].astype(str).tolist()
     att = analysis.attention_shares(scorer, att_items)
-    att.to_csv(att_cfg["table"], index=False)
-    plots.attention_shares(att, att_cfg["plot"])
+    att.to_csv(att_cfg.table, index=False)
+    plots.attention_shares(att, att_cfg.plot)
 
     out_paths["metrics"].write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     with start_run(
         tracking_settings(params),
         "evaluate",
-        params={"evaluate": cfg, "scorer": str(ref)},
+        params={"evaluate": dataclasses.asdict(cfg), "scorer": str(ref)},
         tags={"stage": "evaluate"},
     ):
         log_metrics(numeric_only(metrics))
-        for path in (*out_paths.values(), lens_cfg["table"], att_cfg["table"]):
+        for path in (*out_paths.values(), lens_cfg.table, att_cfg.table):
             log_artifacts(path, "evaluate")
         # the pictures, together on the run page: this run's and the PMOD stage's calibration curves
-        calibration_png = section(params, "pmod").get("calibration_png")
-        for path in (cfg["scatter_plot"], lens_cfg["heatmap"], att_cfg["plot"], calibration_png):
+        for path in (cfg.scatter_plot, lens_cfg.heatmap, att_cfg.plot, pmod.calibration_png):
             if path and Path(path).is_file():
                 log_artifacts(path, "plots")
     log.debug("instability: %s", metrics["instability"])

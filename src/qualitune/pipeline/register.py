@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qualitune.config import section
 from qualitune.errors import QualituneError
 
 
@@ -22,13 +21,14 @@ def register_scorer(
     returns the `qualitune.gate.Decision`."""
     from qualitune.gate import RegisterSettings, log_and_register
     from qualitune.manifest import read_manifest
+    from qualitune.sections import PmodSettings, TrainStageSettings
     from qualitune.tracking import tracking_settings
 
     settings = RegisterSettings.from_params(params)
     tracking = tracking_settings(params)
-    tcfg = params.get("train") or {}
-    scorer_dir = Path(scorer_dir or tcfg.get("out") or "models/scorer")
-    data = data or tcfg.get("data") or section(params, "pmod")["out"]
+    stage = TrainStageSettings.from_params(params)
+    scorer_dir = Path(scorer_dir or stage.out)
+    data = data or stage.data or PmodSettings.from_params(params).out
     df = read_manifest(data)
     val_df = df[df["split"] == "val"].reset_index(drop=True)
     if len(val_df) == 0:

@@ -20,26 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qualitune.config import section
 from qualitune.errors import QualituneError
 from qualitune.jsonable import json_default, numeric_only
 
 log = logging.getLogger("qualitune.train")
-
-
-def model_settings(params: dict[str, Any]) -> dict[str, Any]:
-    cfg = dict(section(params, "model"))
-    cfg.setdefault("name_or_path", "compact-smollm2-135m-effnet-lite0")
-    cfg.setdefault("seed", 0)
-    cfg.setdefault("dtype", "auto")
-    cfg.setdefault("min_pixels", 56 * 56)
-    cfg.setdefault("max_pixels", 448 * 448)
-    cfg.setdefault("video_mode", "frames")
-    cfg.setdefault("n_frames", 2)
-    cfg.setdefault("init_vision_from", None)
-    cfg.setdefault("transfer_projector", False)
-    cfg.setdefault("feature_cache", None)
-    return cfg
 
 
 EpochHook = Callable[[int, int, dict[str, Any]], bool | None]
@@ -75,19 +59,20 @@ def train_scorer(
     from qualitune.evaluate import evaluate_split
     from qualitune.manifest import read_manifest
     from qualitune.scorer import Scorer, ScorerSpec, load_scored_model, save_scorer
+    from qualitune.sections import ModelSettings, PmodSettings
     from qualitune.tracking import MetricBuffer, log_artifacts, log_metrics, start_run, tracking_settings
     from qualitune.training import TrainSettings, train
+    from qualitune.training.settings import TrainSection
     from qualitune.vlm.feature_store import attach_feature_store
     from qualitune.vlm.model import load_model, make_processor
-    from qualitune.vlm.scoring import MAX_INVALID_MASS
     from qualitune.vlm.trainable import transfer_vision, vision_weights
 
-    params = apply_tuned(params, section(params, "train").get("tuned_params"))
-    mcfg = model_settings(params)
-    tcfg = dict(section(params, "train"))
-    settings = TrainSettings.from_params(tcfg)
-    pretrain = TrainSettings.pretrain_from_params(tcfg)
-    data = data or tcfg.get("data") or section(params, "pmod")["out"]
+    params = apply_tuned(params, TrainSection.from_params(params).stage.tuned_params)
+    model_cfg = ModelSettings.from_params(params)
+    mcfg = dataclasses.asdict(model_cfg)
+    train_cfg = TrainSection.from_params(params)  # again: the overlay may change the recipe
+    stage, settings, pretrain = train_cfg.stage, train_cfg.loop, train_cfg.pretrain
+    data = data or stage.data or PmodSettings.from_params(params).out
     df = read_manifest(data)
     train_df = df[df["split"] == "train"]
     val_df = df[df["split"] == "val"]
@@ -96,18 +81,18 @@ def train_scorer(
             f"{data} has no val split to validate on; set ingest.split_ratios or val_from_train"
         )
 
-    model, tokenizer = load_model(mcfg["name_or_path"], dtype=mcfg["dtype"], seed=int(mcfg["seed"]))
-    attach_feature_store(model, mcfg["feature_cache"])
+    model, tokenizer = load_model(model_cfg.name_or_path, dtype=model_cfg.dtype, seed=model_cfg.seed)
+    attach_feature_store(model, model_cfg.feature_cache)
     if torch.cuda.is_available():
         model = model.to("cuda")
-    if mcfg["init_vision_from"]:
-        source, _, _ = load_scored_model(mcfg["init_vision_from"])
-        n = transfer_vision(source, model, include_projector=bool(mcfg["transfer_projector"]))
-        log.info("vision encoder transferred from %s (%d tensors)", mcfg["init_vision_from"], n)
+    if model_cfg.init_vision_from:
+        source, _, _ = load_scored_model(model_cfg.init_vision_from)
+        n = transfer_vision(source, model, include_projector=model_cfg.transfer_projector)
+        log.info("vision encoder transferred from %s (%d tensors)", model_cfg.init_vision_from, n)
         del source
-    proc = make_processor(model, int(mcfg["min_pixels"]), int(mcfg["max_pixels"]))
-    out_dir = Path(out_dir or tcfg.get("out", "models/scorer"))
-    metrics_path = Path(metrics_path or tcfg.get("metrics", "reports/train_metrics.json"))
+    proc = make_processor(model, model_cfg.min_pixels, model_cfg.max_pixels)
+    out_dir = Path(out_dir or stage.out)
+    metrics_path = Path(metrics_path or stage.metrics)
     tracking = tracking_settings(params)
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         raise QualituneError(
@@ -126,26 +111,25 @@ def train_scorer(
     }
 
     spec = ScorerSpec(
-        base_model=str(mcfg["name_or_path"]),
-        base_seed=int(mcfg["seed"]),
-        dtype=str(mcfg["dtype"]),
+        base_model=model_cfg.name_or_path,
+        base_seed=model_cfg.seed,
+        dtype=model_cfg.dtype,
         answer_format=settings.fmt.to_dict(),
-        min_pixels=int(mcfg["min_pixels"]),
-        max_pixels=int(mcfg["max_pixels"]),
-        video_mode=mcfg["video_mode"],
-        n_frames=int(mcfg["n_frames"]),
+        min_pixels=model_cfg.min_pixels,
+        max_pixels=model_cfg.max_pixels,
+        video_mode=model_cfg.video_mode,
+        n_frames=model_cfg.n_frames,
         two_stage=settings.method == "two_stage",
-        max_invalid_mass=float(tcfg.get("max_invalid_mass", MAX_INVALID_MASS)),
+        max_invalid_mass=stage.max_invalid_mass,
         recipe={
             "method": settings.method,
             "tuning": settings.tuning,
             "loss_on": settings.loss_on,
-            "init_vision_from": mcfg["init_vision_from"],
+            "init_vision_from": model_cfg.init_vision_from,
             "pretrain": pretrain is not None,
         },
     )
-    val_batch = int(tcfg.get("val_batch_size", 8))
-    val_modes = _val_modes(tcfg.get("val_modes", ["expected"]))
+    val_batch, val_modes = stage.val_batch_size, stage.val_modes
     epoch_hook = None
     if on_epoch_end is not None:
 
@@ -185,10 +169,10 @@ def train_scorer(
                 proc,
                 train_df,
                 phase_settings,
-                n_frames=int(mcfg["n_frames"]),
-                video_mode=mcfg["video_mode"],
-                checkpoint_dir=tcfg.get("checkpoint_dir"),
-                resume=bool(tcfg.get("resume", True)),
+                n_frames=model_cfg.n_frames,
+                video_mode=model_cfg.video_mode,
+                checkpoint_dir=stage.checkpoint_dir,
+                resume=stage.resume,
                 on_log=on_log,
                 on_epoch_end=on_epoch,
                 fingerprint_extra=extra,
@@ -242,7 +226,7 @@ def train_scorer(
             "val_seconds": round(val_seconds, 2),
         }
         spec.metrics = {"val": val_metrics}
-        transferred = vision_weights(result.model) if mcfg["init_vision_from"] else None
+        transferred = vision_weights(result.model) if model_cfg.init_vision_from else None
         # the outputs go to disk first: a tracking server that fails from here on loses nothing
         save_scorer(result.model, spec, out_dir, extra_weights=transferred)
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +239,7 @@ def train_scorer(
             {**h, "task": h["phase"], "phase": "recipe", "step": h["step"] + step_offset}
             for h in result.history
         ]
-        plots = _write_loss_plots(history, tcfg.get("loss_table"), tcfg.get("loss_plot"))
+        plots = _write_loss_plots(history, stage.loss_table, stage.loss_plot)
         try:
             step_log.flush()
             log_metrics({"val": numeric_only(val_metrics), "train_seconds": train_seconds})
@@ -269,7 +253,7 @@ def train_scorer(
             kept = [str(d.checkpoint_dir) for d in (pre_result, result) if d is not None and d.checkpoint_dir]
             raise TrackingFailed(
                 f"training finished and its outputs are on disk (scorer {out_dir}, metrics {metrics_path}, "
-                f"loss history {tcfg.get('loss_table')}), but logging them to MLflow at {tracking.tracking_uri} "
+                f"loss history {stage.loss_table}), but logging them to MLflow at {tracking.tracking_uri} "
                 f"failed ({type(exc).__name__}: {exc}); rerun `dvc repro` once the tracking server answers"
                 + (f" (it resumes from the checkpoints kept in {', '.join(kept)})" if kept else "")
             ) from exc
@@ -281,20 +265,6 @@ def train_scorer(
 
 class TrackingFailed(QualituneError):
     """Training completed and wrote its outputs, but MLflow could not record them."""
-
-
-def _val_modes(value: Any) -> tuple[str, ...]:
-    """`train.val_modes`: the scoring modes of the stage's own validation (the evaluate stage scores
-    every mode on val and test; greedy decoding here would double the stage's validation time)."""
-    from qualitune.scorer import SCORING_MODES
-
-    modes = [value] if isinstance(value, str) else list(value or [])
-    bad = [m for m in modes if m not in SCORING_MODES]
-    if not modes or bad:
-        raise QualituneError(
-            f"train.val_modes must be a non-empty list of {list(SCORING_MODES)}, got {value!r}"
-        )
-    return tuple(modes)
 
 
 def summary_line(metrics: dict[str, Any]) -> str:

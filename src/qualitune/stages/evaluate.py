@@ -9,16 +9,17 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from qualitune.config import section
 from qualitune.stages import stage_main
 
 
 def run_stage(params: dict[str, Any]) -> int:
     from qualitune.pipeline.evaluate import evaluate_scorer, summary_line
+    from qualitune.sections import EvaluateSettings
 
     metrics = evaluate_scorer(params)
-    modes = list(section(params, "evaluate").get("modes", ["expected", "greedy"]))
-    print(summary_line(metrics, modes[0]))  # the stage's one line; the rest is in the metrics file
+    print(
+        summary_line(metrics, EvaluateSettings.from_params(params).modes[0])
+    )  # the stage's one line; the rest is in the metrics file
     return 0
 
 

@@ -1,13 +1,22 @@
 """Training settings: the recipes (IOVQA, VITAL, two-stage), their hyper-parameters, and the
 checks that turn a typo in params.yaml into a message instead of a silent default.
+
+params.yaml's `train` section holds two kinds of keys: the loop's (`TrainSettings`, what is learned
+and how) and the stage's (`qualitune.sections.TrainStageSettings`, where it reads and writes and how
+it validates: evaluate and register read those without importing the training package);
+`TrainSection.from_params` reads both and the PMOD pre-training phase, refusing a key that is
+neither. Every default here is params.yaml's own value (tests/test_sections.py holds them equal), so
+`TrainSettings()` is the pipeline's recipe.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from qualitune.errors import QualituneError
+from qualitune.sections import PRETRAIN, STAGE_KEYS, TrainStageSettings, build
 from qualitune.vlm.tasks import (
     AnswerFormat,
 )
@@ -43,26 +52,26 @@ class TrainSettings:
     """
 
     method: str = "iovqa"
-    tuning: str = "lora"
+    tuning: str = "warmup"
     answer_format: str = "integer"
     label_range: tuple[int, int] = (10, 50)
     loss_on: str = "value"
     epochs: float = 2.0
     stage1_epochs: float = 1.0
-    batch_size: int = 4
+    batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 2e-4
+    lr: float = 1e-3
     projector_lr: float | None = None  # the projector's own learning rate (LLaVA's mm_projector_lr); None: lr
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.03
+    weight_decay: float = 0.01
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
     max_grad_norm: float = 1.0
-    seed: int = 42
+    seed: int = 0
     max_train_samples: int | None = None
     # > 0: soft labels on the MOS examples, a KL towards a Gaussian of this width (1-5 scale) over the
     # answer's first token (`AnswerFormat.soft_targets`), weighted by vital.kl_weight, beside the CE
     label_sigma: float = 0.0
-    checkpoint_every: int = 0
+    checkpoint_every: int = 50
     keep_checkpoints: int = 2
     gradient_checkpointing: bool = False
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -102,36 +111,16 @@ class TrainSettings:
                 raise QualituneError(f"train.{name} must be auto, true or false, got {getattr(self, name)!r}")
 
     @classmethod
-    def from_params(cls, cfg: dict[str, Any]) -> TrainSettings:
-        known = {f for f in cls.__dataclass_fields__}
-        stage_keys = {
-            "out",
-            "checkpoint_dir",
-            "resume",
-            "val_batch_size",
-            "val_modes",
-            "metrics",
-            "loss_table",
-            "loss_plot",
-            "data",
-            "tuned_params",
-            "pretrain",
-            "max_invalid_mass",
-        }
-        unknown = sorted(set(cfg) - known - stage_keys)
+    def from_params(cls, cfg: Mapping[str, Any]) -> TrainSettings:
+        """The loop's settings from a `train` section (its stage keys are skipped, any other key is
+        an error), each value checked against its field's type."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(cfg) - set(known) - set(STAGE_KEYS))
         if unknown:
-            raise QualituneError(f"unknown keys in params train section: {unknown}")
-        kw = {k: v for k, v in cfg.items() if k in known}
-        if "lora" in kw:
-            lora = dict(kw["lora"])
-            if "target_modules" in lora:
-                lora["target_modules"] = tuple(lora["target_modules"])
-            kw["lora"] = LoraSettings(**lora)
-        if "vital" in kw:
-            kw["vital"] = VitalSettings(**kw["vital"])
-        if "label_range" in kw:
-            kw["label_range"] = tuple(int(x) for x in kw["label_range"])
-        return cls(**kw)
+            raise QualituneError(
+                f"unknown key(s) in params train: {unknown}; known: {sorted(known + list(STAGE_KEYS))}"
+            )
+        return build(cls, {k: v for k, v in cfg.items() if k in known}, "train")
 
     @classmethod
     def pretrain_from_params(cls, cfg: dict[str, Any]) -> TrainSettings | None:
@@ -140,7 +129,7 @@ class TrainSettings:
         Its keys override the train section's for that phase only, so batch size, LoRA shape and
         seed are shared unless the pretrain block says otherwise; `vital.target` must be `pmod`
         (the phase exists to learn the machine annotators' distributions, not the MOS)."""
-        pre = dict(cfg.get("pretrain") or {})
+        pre = dict(cfg.get("pretrain", PRETRAIN) or {})
         unknown = sorted(set(pre) - {"enabled"} - set(cls.__dataclass_fields__))
         if unknown:
             raise QualituneError(f"unknown keys in params train.pretrain: {unknown}")
@@ -173,3 +162,23 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """params.yaml's whole `train` section: the stage's keys, the recipe, and the PMOD pre-training
+    phase (None when `pretrain.enabled` is false)."""
+
+    stage: TrainStageSettings
+    loop: TrainSettings
+    pretrain: TrainSettings | None
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrainSection:
+        raw = params.get("train") or {}
+        if not isinstance(raw, Mapping):
+            raise QualituneError(f"params train must be a mapping, got {type(raw).__name__}")
+        loop = TrainSettings.from_params(raw)  # refuses keys that are neither the loop's nor the stage's
+        stage = TrainStageSettings.from_params(params)
+        pretrain = TrainSettings.pretrain_from_params({**raw, "pretrain": stage.pretrain})
+        return cls(stage, loop, pretrain)

@@ -51,9 +51,9 @@ def _strip_peft(name: str) -> str:
 class LoraSettings:
     """peft LoRA settings; `target_modules` are module-name suffixes inside the decoder."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
     target_modules: tuple[str, ...] = (
         "q_proj",
         "k_proj",
