@@ -15,11 +15,12 @@ from qualitune.vlm.backends.compact.modeling import is_compact
 from qualitune.vlm.model import COMPACT_NAME, load_model, make_processor
 from qualitune.vlm.trainable import LoraSettings, part_of, transfer_vision, vision_weights
 from qualitune.vlm.unwrap import unwrap_model
-from vlm_factory import training_frame
+from vlm_factory import TOY_RECIPE, training_frame
 
 
 def _settings(**kw) -> TrainSettings:
     base = dict(
+        TOY_RECIPE,
         method="iovqa",
         tuning="warmup",
         epochs=1,

@@ -30,7 +30,7 @@ from qualitune.gate import RegisterSettings, decide
 from qualitune.media import MediaError
 from qualitune.store import parse_model_uri, resolve_tracking_uri
 from qualitune.tracking import tracking_settings
-from vlm_factory import tiny_scorer_dir, write_flat_or_noisy
+from vlm_factory import TOY_RECIPE, tiny_scorer_dir, write_flat_or_noisy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,7 +248,9 @@ def _good_scorer(train_rows: list[dict], out: Path) -> Path:
     from qualitune.vlm.model import TINY_NAME, load_model
 
     model, tok = load_model(TINY_NAME)
-    settings = TrainSettings(tuning="full", epochs=15, batch_size=4, lr=3e-3, warmup_ratio=0.0)
+    settings = TrainSettings(
+        **{**TOY_RECIPE, "tuning": "full", "warmup_ratio": 0.0}, epochs=15, batch_size=4, lr=3e-3
+    )
     df = pd.DataFrame(train_rows).drop(columns="split")
     result = train(model, tok, make_image_processor(56 * 56, 84 * 84), df, settings, n_frames=1)
     spec = ScorerSpec(

@@ -41,7 +41,7 @@ from qualitune.serving import (
     decode_rows,
     parse_request,
 )
-from vlm_factory import tiny_scorer_dir
+from vlm_factory import TOY_RECIPE, tiny_scorer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -553,7 +553,9 @@ def _train_flat_vs_noisy(root: Path) -> tuple[Path, list[dict], list[dict]]:
     train_rows = [row(k, i, "train") for i in range(8) for k in ("flat", "noisy")]
     val_rows = [row(k, 100 + i, "val") for i in range(3) for k in ("flat", "noisy")]
     model, tok = load_model(TINY_NAME)
-    settings = TrainSettings(tuning="full", epochs=15, batch_size=4, lr=3e-3, warmup_ratio=0.0)
+    settings = TrainSettings(
+        **{**TOY_RECIPE, "tuning": "full", "warmup_ratio": 0.0}, epochs=15, batch_size=4, lr=3e-3
+    )
     df = pd.DataFrame(train_rows).drop(columns="split")
     result = train(model, tok, make_image_processor(56 * 56, 84 * 84), df, settings, n_frames=1)
     spec = ScorerSpec(

@@ -35,7 +35,7 @@ from qualitune.vlm.losses import LossConfig, answer_losses, combine, supervised_
 from qualitune.vlm.model import TINY_NAME, load_model
 from qualitune.vlm.trainable import LoraSettings, apply_tuning
 from qualitune.vlm.unwrap import unwrap_model
-from vlm_factory import training_frame
+from vlm_factory import TOY_RECIPE, training_frame
 
 PROC = make_image_processor(56 * 56, 84 * 84)
 MODEL_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
@@ -242,7 +242,7 @@ def test_speed_options_train_to_the_same_weights(frame):
     """Packing, the vision cache, fused AdamW and prefetching together: the weights after two
     epochs match the plain run's; length grouping changes the batches, so it gets its own
     fingerprint (a checkpoint of one never resumes the other)."""
-    base = {"tuning": "lora", "epochs": 2, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0}
+    base = {**TOY_RECIPE, "tuning": "lora", "epochs": 2, "batch_size": 4, "lr": 1e-2, "warmup_ratio": 0.0}
     base["lora"] = LoraSettings(r=8, alpha=16, dropout=0.0)
     off = TrainSettings(**base, packing=False, cache_vision=False, fused_optimizer=False, prefetch=False)
     on = TrainSettings(**base, packing=True, cache_vision=True, fused_optimizer=True, prefetch=True)

@@ -20,7 +20,7 @@ from qualitune.vlm.losses import LossConfig, answer_losses, focal_cross_entropy,
 from qualitune.vlm.model import TINY_NAME, load_model
 from qualitune.vlm.tasks import AnswerFormat, compare_examples, score_examples
 from qualitune.vlm.trainable import LoraSettings, transfer_vision
-from vlm_factory import training_frame, write_flat_or_noisy
+from vlm_factory import TOY_RECIPE, training_frame, write_flat_or_noisy
 
 PROC = make_image_processor(56 * 56, 84 * 84)
 
@@ -37,7 +37,9 @@ def _tiny():
 def _run(frame, **kw):
     model, tok = _tiny()
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    settings = TrainSettings(**{"epochs": 2, "batch_size": 4, "lr": 5e-3, "warmup_ratio": 0.0, **kw})
+    settings = TrainSettings(
+        **{**TOY_RECIPE, "epochs": 2, "batch_size": 4, "lr": 5e-3, "warmup_ratio": 0.0, **kw}
+    )
     result = train(model, tok, PROC, frame, settings, n_frames=1)
     return base, result, tok
 
@@ -295,7 +297,9 @@ def test_the_pixels_reach_the_answer(tmp_path):
         for k in ("flat", "noisy")
     ]
     model, tok = _tiny()
-    settings = TrainSettings(tuning="full", epochs=15, batch_size=4, lr=3e-3, warmup_ratio=0.0)
+    settings = TrainSettings(
+        **{**TOY_RECIPE, "tuning": "full", "warmup_ratio": 0.0}, epochs=15, batch_size=4, lr=3e-3
+    )
     result = train(model, tok, PROC, pd.DataFrame(rows), settings, n_frames=1)
     spec = ScorerSpec(
         base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84, max_invalid_mass=1.0
@@ -309,7 +313,14 @@ def test_the_pixels_reach_the_answer(tmp_path):
 def test_two_stage_inference_describes_then_scores_from_the_text(frame):
     from qualitune.scorer import Scorer, ScorerSpec
 
-    s = TrainSettings(method="two_stage", tuning="full", stage1_epochs=2, epochs=2, lr=3e-3, batch_size=4)
+    s = TrainSettings(
+        **{**TOY_RECIPE, "tuning": "full"},
+        method="two_stage",
+        stage1_epochs=2,
+        epochs=2,
+        lr=3e-3,
+        batch_size=4,
+    )
     model, tok = _tiny()
     result = train(model, tok, PROC, frame, s, n_frames=1)
     spec = ScorerSpec(

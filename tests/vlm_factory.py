@@ -8,6 +8,20 @@ import numpy as np
 import pandas as pd
 
 from media_factory import write_image
+from qualitune.vlm.trainable import LoraSettings
+
+# The recipe the tiny-model training tests are written against: the library's defaults are the
+# pipeline's real recipe (params.yaml's train section), tuned for the compact backend on ~1,000
+# photos, not for 16 toy images. Tests state this one instead of inheriting whatever ships.
+TOY_RECIPE = {
+    "tuning": "lora",
+    "seed": 42,
+    "weight_decay": 0.0,
+    "lr_scheduler": "linear",
+    "warmup_ratio": 0.03,
+    "checkpoint_every": 0,
+    "lora": LoraSettings(r=16, alpha=32, dropout=0.05),
+}
 
 
 def training_frame(root: Path, n: int = 16, splits: tuple[str, ...] = ("train",)) -> pd.DataFrame:
