@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from qualitune.config import apply_tuned, load_params
 from qualitune.manifest import write_manifest
-from qualitune.tune import (
+from qualitune.pipeline.tune import run_search
+from qualitune.search import (
     SurplusTrial,
     TrialSeededSampler,
     TuneSettings,
@@ -29,7 +30,6 @@ from qualitune.tune import (
     make_storage,
     objective,
     parse_range_key,
-    run_search,
     suggest,
 )
 from vlm_factory import training_frame

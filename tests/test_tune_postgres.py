@@ -23,7 +23,7 @@ import pytest
 from optuna.trial import TrialState
 
 from qualitune.config import apply_tuned, load_params
-from qualitune.tune import parse_range_key
+from qualitune.search import parse_range_key
 from test_tune import FINISHED, N, _project, _run_workers
 
 

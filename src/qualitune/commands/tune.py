@@ -37,7 +37,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from qualitune.config import load_params
-    from qualitune.tune import format_summary, run_search
+    from qualitune.pipeline.tune import format_summary, run_search
 
     params = load_params(args.params)
     tune = dict(params.get("tune") or {})

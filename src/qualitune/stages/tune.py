@@ -15,7 +15,7 @@ from qualitune.stages import stage_main
 
 
 def run_stage(params: dict[str, Any]) -> int:
-    from qualitune.tune import format_summary, run_search
+    from qualitune.pipeline.tune import format_summary, run_search
 
     summary = run_search(params)
     print(format_summary(summary))
