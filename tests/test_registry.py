@@ -30,7 +30,7 @@ from qualitune.gate import RegisterSettings, decide
 from qualitune.media import MediaError
 from qualitune.store import parse_model_uri, resolve_tracking_uri
 from qualitune.tracking import tracking_settings
-from vlm_factory import TOY_RECIPE, tiny_scorer_dir, write_flat_or_noisy
+from vlm_factory import flat_or_noisy_scorer, tiny_scorer_dir, write_flat_or_noisy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,24 +241,6 @@ def _media(folder: Path) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-def _good_scorer(train_rows: list[dict], out: Path) -> Path:
-    from qualitune.scorer import ScorerSpec, save_scorer
-    from qualitune.training import TrainSettings, train
-    from qualitune.vlm.inputs import make_image_processor
-    from qualitune.vlm.model import TINY_NAME, load_model
-
-    model, tok = load_model(TINY_NAME)
-    settings = TrainSettings(
-        **{**TOY_RECIPE, "tuning": "full", "warmup_ratio": 0.0}, epochs=15, batch_size=4, lr=3e-3
-    )
-    df = pd.DataFrame(train_rows).drop(columns="split")
-    result = train(model, tok, make_image_processor(56 * 56, 84 * 84), df, settings, n_frames=1)
-    spec = ScorerSpec(
-        base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84, max_invalid_mass=1.0
-    )
-    return save_scorer(result.model, spec, out)
-
-
 def _bad_scorer(out: Path) -> Path:
     """The untrained tiny model (seed 1): a scorer folder with only its spec. Its expected-mode scores
     barely vary and, on these images, run slightly against the MOS (final about -0.6)."""
@@ -296,7 +278,7 @@ def world(tmp_path_factory):
     """Two trained scorers, a held-out val split and a project (git repo, dvc.lock, params.yaml)."""
     root = tmp_path_factory.mktemp("registry")
     train_rows, val_rows = _media(root / "media")
-    good = _good_scorer(train_rows, root / "good")
+    good = flat_or_noisy_scorer(train_rows, root / "good")
     bad = _bad_scorer(root / "bad")
 
     project = root / "project"

@@ -41,7 +41,7 @@ from qualitune.serving import (
     decode_rows,
     parse_request,
 )
-from vlm_factory import TOY_RECIPE, tiny_scorer_dir
+from vlm_factory import flat_or_noisy_scorer, tiny_scorer_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -534,12 +534,7 @@ def test_a_model_that_fails_to_load_stops_the_server(tmp_path, capsys, monkeypat
 
 def _train_flat_vs_noisy(root: Path) -> tuple[Path, list[dict], list[dict]]:
     """A scorer that tells flat (MOS 5) from noisy (MOS 1) images, as in test_registry."""
-    import pandas as pd
 
-    from qualitune.scorer import ScorerSpec, save_scorer
-    from qualitune.training import TrainSettings, train
-    from qualitune.vlm.inputs import make_image_processor
-    from qualitune.vlm.model import TINY_NAME, load_model
     from vlm_factory import write_flat_or_noisy
 
     (root / "media").mkdir(parents=True)
@@ -552,16 +547,7 @@ def _train_flat_vs_noisy(root: Path) -> tuple[Path, list[dict], list[dict]]:
 
     train_rows = [row(k, i, "train") for i in range(8) for k in ("flat", "noisy")]
     val_rows = [row(k, 100 + i, "val") for i in range(3) for k in ("flat", "noisy")]
-    model, tok = load_model(TINY_NAME)
-    settings = TrainSettings(
-        **{**TOY_RECIPE, "tuning": "full", "warmup_ratio": 0.0}, epochs=15, batch_size=4, lr=3e-3
-    )
-    df = pd.DataFrame(train_rows).drop(columns="split")
-    result = train(model, tok, make_image_processor(56 * 56, 84 * 84), df, settings, n_frames=1)
-    spec = ScorerSpec(
-        base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84, max_invalid_mass=1.0
-    )
-    return save_scorer(result.model, spec, root / "scorer"), train_rows, val_rows
+    return flat_or_noisy_scorer(train_rows, root / "scorer"), train_rows, val_rows
 
 
 @pytest.fixture(scope="module")

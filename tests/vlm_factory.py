@@ -102,3 +102,24 @@ def tiny_scorer_dir(out: Path, **spec) -> Path:
         }
     ).write(out)
     return out
+
+
+def flat_or_noisy_scorer(train_rows: list[dict], out: Path) -> Path:
+    """A scorer folder of the tiny model fine-tuned (full, 15 epochs) on `train_rows` of flat (MOS 5)
+    and noisy (MOS 1) images: it tells the two apart on unseen ones (the registry's good challenger,
+    serving's champion)."""
+    from qualitune.scorer import ScorerSpec, save_scorer
+    from qualitune.training import TrainSettings, train
+    from qualitune.vlm.inputs import make_image_processor
+    from qualitune.vlm.model import TINY_NAME, load_model
+
+    model, tok = load_model(TINY_NAME)
+    settings = TrainSettings(
+        **{**TOY_RECIPE, "tuning": "full", "warmup_ratio": 0.0}, epochs=15, batch_size=4, lr=3e-3
+    )
+    df = pd.DataFrame(train_rows).drop(columns="split")
+    result = train(model, tok, make_image_processor(56 * 56, 84 * 84), df, settings, n_frames=1)
+    spec = ScorerSpec(
+        base_model=TINY_NAME, answer_format=settings.fmt.to_dict(), max_pixels=84 * 84, max_invalid_mass=1.0
+    )
+    return save_scorer(result.model, spec, out)
