@@ -132,3 +132,21 @@ def test_train_section_coerces_types_and_keeps_the_pretrain_switch():
     assert TrainSettings.from_params({"packing": True, "lora": {"target_modules": ["q_proj"]}}).lora == (
         LoraSettings(target_modules=("q_proj",))
     )
+
+
+def test_every_params_section_has_a_typed_reader_whose_defaults_are_params_yaml():
+    """The sections whose classes live beside their code (demo, mlflow, register, tune, serve) hold
+    the same promise: an absent section means what params.yaml says. Together with the classes
+    above, every section of params.yaml has one typed reader."""
+    from qualitune.demo.build import DemoConfig
+    from qualitune.gate import RegisterSettings
+    from qualitune.search import TuneSettings
+    from qualitune.serving.settings import ServeSettings
+    from qualitune.tracking import tracking_settings
+
+    assert DemoConfig.from_section(PARAMS["demo"]) == DemoConfig.from_section({})
+    assert tracking_settings(PARAMS) == tracking_settings({})
+    for cls in (RegisterSettings, TuneSettings, ServeSettings):
+        assert cls.from_params(PARAMS) == cls.from_params({}), cls.__name__
+    typed = {c.SECTION for c in SECTIONS} | {"demo", "mlflow", "train", "register", "tune", "serve"}
+    assert set(PARAMS) == typed
