@@ -26,8 +26,8 @@ Categories (`--quick` runs each at a small size, ≤ 5 min on 2 cores):
   manifest and never a bad row passed as valid.
 - `faults`: the fault-injection tests (tests/test_faults.py, and the retraining flow on data the
   gate refuses), one case each: a full disk while a checkpoint or the scorer is written, MLflow
-  failing mid-run, SIGKILL at random points of `register`, two `dvc repro` at once (the slow ones in
-  the full run only).
+  failing mid-run, SIGKILL at random points of `register` and of the whole retraining flow, two
+  `dvc repro` at once (the slow ones in the full run only).
 - `soak`: `qualitune serve` on loopback with `serve.max_pending` 2 and more client threads than
   that, a mix of valid, invalid and oversized requests: admitted valid requests must all get scores,
   every shed request a 503 with Retry-After; RSS growth after warm-up and latency percentiles.
@@ -71,6 +71,9 @@ from serve_load import get, post, start_server, stop_server  # noqa: E402
 OUTCOMES = ("scored", "reported", "crashed", "hung", "lost")
 PER_ITEM_S = 10.0  # the per-item time bound: a component's deadline is this times its items, plus start-up
 STARTUP_S = 120.0
+# The memory bound of a CLI run over the whole mutant folder (peak RSS of the process; the tiny scorer,
+# torch and the annotators take ~0.6-0.8 GB): a decompression bomb that were decoded would pass it by far.
+CLI_RSS_BOUND_MB = 2048.0
 ANNOTATORS = "sharpness,noise,contrast"  # fast annotators: the fuzzing is about reading files, not NIQE
 
 
@@ -426,7 +429,13 @@ def fuzz_cli(root: Path, muts: list[Mutant], argv: list[str], out: Path, read: C
     listed = _listed(muts)
     tally = Tally()
     res = run_cli(argv, timeout=STARTUP_S + PER_ITEM_S * len(listed))
-    tally.extra.update(s=res["s"], peak_rss_mb=res["peak_rss_mb"], rc=res["rc"])
+    tally.extra.update(
+        s=res["s"],
+        peak_rss_mb=res["peak_rss_mb"],
+        rss_bound_mb=CLI_RSS_BOUND_MB,
+        over_memory_bound=res["peak_rss_mb"] > CLI_RSS_BOUND_MB,
+        rc=res["rc"],
+    )
     if res["timed_out"] or res["traceback"] or res["rc"] not in (0, 1):
         outcome = "hung" if res["timed_out"] else "crashed"
         for m in listed:
@@ -1034,8 +1043,8 @@ def serve_params(folder: Path, max_request_mb: float) -> Path:
 # ---------------------------------------------------------------------------------------------------------
 # Fault injection
 
-# The fault-injection tests (a full disk, MLflow failing mid-run, SIGKILL in `register`, a refused
-# data gate in the retraining flow, two `dvc repro` at once): run, not copied, and counted here. The
+# The fault-injection tests (a full disk, MLflow failing mid-run, SIGKILL in `register` and of the
+# retraining flow, a refused data gate in the retraining flow, two `dvc repro` at once): run, not copied, and counted here. The
 # slow ones (MLflow mid-run, SIGKILL) run in the full run only.
 FAULT_TESTS = (
     "tests/test_faults.py",
@@ -1174,7 +1183,10 @@ def main(argv: list[str] | None = None) -> int:
     bad = sum(
         r.get(k, 0) for r in result.values() if isinstance(r, dict) for k in ("crashed", "hung", "lost")
     )
-    return 1 if bad else 0
+    over = [k for k, r in result.items() if isinstance(r, dict) and r.get("over_memory_bound")]
+    if over:
+        print(f"over the memory bound ({CLI_RSS_BOUND_MB:g} MB peak RSS): {over}", file=sys.stderr)
+    return 1 if bad or over else 0
 
 
 if __name__ == "__main__":

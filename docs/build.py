@@ -309,12 +309,23 @@ def reliability(root: Path) -> list[str]:
     rel = "reports/reliability.json"
     r = load(root, rel)
     outcomes = ("scored", "reported", "crashed", "hung", "lost")
+    def peak(c: dict) -> str:  # the CLI subprocesses' peak RSS against the bound the script checks
+        if "peak_rss_mb" not in c:
+            return "–"
+        return f"{c['peak_rss_mb']:,.0f}" + (f" ({c['rss_bound_mb']:,.0f})" if "rss_bound_mb" in c else "")
+
     rows = [
-        [what, count(r[key]["cases"]), *(count(r[key][o]) for o in outcomes), count(r[key]["unexpected"])]
+        [
+            what,
+            count(r[key]["cases"]),
+            *(count(r[key][o]) for o in outcomes),
+            count(r[key]["unexpected"]),
+            peak(r[key]),
+        ]
         for key, what in RELIABILITY_ROWS
         if key in r
     ]
-    lines = table(["inputs", "cases", *outcomes, "known outcome missed"], rows)
+    lines = table(["inputs", "cases", *outcomes, "known outcome missed", "peak RSS MB (bound)"], rows)
     if "soak" in r:
         s = r["soak"]
         lines += [

@@ -106,7 +106,7 @@ def test_mlflow_failing_mid_run_keeps_the_outputs_fails_clearly_and_a_rerun_logs
     """Fault injection (#20 a): the tracking server accepts the run and its params, then refuses
     every metric. Training goes on; the scorer, its metrics and the checkpoints stay on disk; the
     stage fails with a message naming them and the server; once the server is back, a rerun
-    resumes from the checkpoints and logs a FINISHED run."""
+    resumes from the checkpoints and logs a FINISHED run, and `register` then registers that run."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -145,6 +145,17 @@ def test_mlflow_failing_mid_run_keeps_the_outputs_fails_clearly_and_a_rerun_logs
     )
     assert len(runs) == 1 and "val.expected.srcc" in runs[0].data.metrics
     assert not any((project / "models/checkpoints").glob("*/ckpt-*"))
+
+    from qualitune.scorer import ScorerSpec
+    from qualitune.stages import register as register_stage
+    from qualitune.store import download_scorer
+
+    monkeypatch.setenv("QUALITUNE_MODEL_CACHE", str(tmp_path / "cache"))
+    assert register_stage.main(["--params", "params.yaml"]) == 0  # and a later `register` completes
+    report = json.loads((project / "reports/register.json").read_text())
+    (version,) = client.search_model_versions("name='qualitune'")
+    assert report["challenger_version"] == str(version.version)
+    assert ScorerSpec.read(download_scorer(report["model_uri"], tracking_uri="sqlite:///mlflow.db"))
 
 
 def _register(project: Path, scorer: Path, env: dict) -> subprocess.Popen:
@@ -267,3 +278,94 @@ def test_two_dvc_repro_at_once_the_second_fails_clearly_and_nothing_is_corrupted
     )
     assert status.returncode == 0 and "up to date" in status.stdout.lower(), status.stdout + status.stderr
     assert len(read_manifest(project / "data/manifest.parquet")) == 12
+
+
+@pytest.mark.slow  # a baseline retraining run, three killed ones and a last one: ~6 min on 2 cores
+def test_sigkill_at_random_points_of_the_retraining_flow_leaves_the_champion_and_loses_no_data(
+    flows, tmp_path, monkeypatch
+):
+    """Fault injection (#20 c): the retraining flow (`python flows/retrain.py`, on the session's
+    Prefect server) on new data, its whole process group (flow, `dvc repro`, the stage running)
+    killed with SIGKILL at seeded random times, as when the machine or container dies. After each
+    kill the `champion` alias names the old version or a new one whose scorer downloads and loads,
+    and the raw-data snapshot still holds the last successful run's files (the new data is not
+    marked as seen). A last, undisturbed run then lists the new files, reruns the pipeline, and its
+    summary names the registry's champion."""
+    import prefect.settings
+    from mlflow import MlflowClient
+
+    from project_factory import RAW, add_items, make_project
+    from qualitune import retrain as rt
+    from qualitune.scorer import ScorerSpec
+    from qualitune.store import download_scorer
+
+    project = make_project(tmp_path / "project", n_items=24)
+    kw = {"project_dir": str(project), "retries": 0, "retry_delay_s": 0.0}
+    t0 = time.monotonic()
+    first = flows.retrain(**kw)
+    full = time.monotonic() - t0
+    assert first["status"] == "retrained" and first["register_ran"], first["message"]
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias("qualitune", "champion").version)
+
+    history = [champion()]
+    monkeypatch.setenv("QUALITUNE_MODEL_CACHE", str(tmp_path / "cache"))
+    seen = rt.load_snapshot(project / rt.SNAPSHOT, RAW)
+    assert seen and not {f"images/img{i:03d}.png" for i in range(24, 30)} & set(seen)
+    new = add_items(project / RAW, 24, 30)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value(),
+        "QUALITUNE_MODEL_CACHE": str(tmp_path / "cache"),
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "flows/retrain.py", "--project", ".", "--retries", "0"]
+    rng = np.random.default_rng(0)
+    kills: list[list[str]] = []  # where each kill landed, for the failure message and the log
+    for k in range(3):
+        proc = subprocess.Popen(
+            cmd,
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        time.sleep(float(rng.uniform(0.1, 1.0)) * full)
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow, dvc and the stage it runs, at once
+        out, _ = proc.communicate(timeout=60)
+        _wait_gone(proc.pid)  # DVC counts a live (or unreaped) PID in its rwlock as a holder
+        kills.append(sorted(rt.dvc_status(project)))  # the stages the kill left stale
+        now = champion()
+        versions = {str(v.version) for v in client.search_model_versions("name='qualitune'")}
+        assert now == history[-1] or (now in versions and int(now) > int(history[-1])), (k, now, history, out)
+        ScorerSpec.read(download_scorer("models:/qualitune@champion", tracking_uri=uri))  # complete
+        history.append(now)
+        snap = rt.load_snapshot(project / rt.SNAPSHOT, RAW)
+        assert snap == seen or set(new) <= set(snap), (k, out[-2000:])  # old, or written after a full run
+        seen = snap
+
+    last = flows.retrain(**kw)
+    assert last["status"] in ("retrained", "no change"), last["message"]
+    if not set(new) <= set(seen):  # no killed run got to the end: the last one sees the new files
+        assert sorted(last["changes"]["added"]) == sorted(new) and last["status"] == "retrained"
+    assert last["champion_version"] == champion()
+    assert int(champion()) >= int(history[-1])
+    ScorerSpec.read(download_scorer("models:/qualitune@champion", tracking_uri=uri))
+    assert rt.dvc_status(project) == {}  # and the pipeline is whole: every stage up to date
+    print(f"stale stages after each kill: {kills}; champion {history} -> v{champion()}")
+
+
+def _wait_gone(pgid: int, timeout: float = 60.0) -> None:
+    """Wait until no process of the killed group is left (children die and are reaped just after)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes of group {pgid} still alive {timeout:g} s after SIGKILL")

@@ -107,6 +107,7 @@ def test_media_through_annotate_and_score(media, model):
         d = _clean(tally)
         assert d["cases"] == sum(m.listed for m in muts) and d["extra_rows"] == 0 and d["outside_reads"] == 0
         assert d["rc"] == 1  # some files failed: the status says so
+        assert 0 < d["peak_rss_mb"] <= d["rss_bound_mb"] and not d["over_memory_bound"]
         assert "outside the folder being read" in tally.outcomes["link_outside.mp4"][1]
     assert annotated.outcomes.keys() == scored.outcomes.keys()
     assert {k for k, v in annotated.outcomes.items() if v[0] == "scored"} == {
@@ -165,6 +166,7 @@ def test_full_run_prints_the_figures_with_nothing_lost(tmp_path):
     for name in [*media, "labels"]:
         r = result[name]
         assert r["crashed"] == r["hung"] == r["lost"] == r["unexpected"] == 0, (name, r)
+        assert not r.get("over_memory_bound"), (name, r)
     soak = result["soak"]
     assert soak["requests"] == 1000 and soak["admitted_errors"] == soak["shed_without_retry_after"] == 0
     assert soak["rss_growth_mb"] < soak["rss_bound_mb"]

@@ -8,7 +8,6 @@ training and the registry gate included, and checks the summary against the MLfl
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -23,24 +22,6 @@ from qualitune import retrain as rt
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["ingest"]
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def flows(prefect_harness):
-    """flows/retrain.py as a module (flows/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("qualitune_flows_retrain", ROOT / "flows" / "retrain.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run_counts(flow_run_id) -> dict[str, int]:

@@ -4,12 +4,15 @@ A throwaway cluster is made with the server's own `initdb` / `pg_ctl` in a tempo
 `postgres` user when the tests run as root: the server refuses to run as root), listening on
 127.0.0.1 only. Skipped, with the reason, when the PostgreSQL server binaries or the psycopg driver
 (SQLAlchemy 2.1's default for `postgresql://`) are missing (Debian: `apt-get install postgresql`;
-`pip install -e ".[dev]"`).
+`pip install -e ".[dev]"`). Where the server binaries exist, `make test` sets
+QUALITUNE_REQUIRE_POSTGRES=1 and a skip becomes a failure: CI (root on Debian, the server installed by
+the Makefile) cannot pass without this test having run.
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import shutil
 import socket
@@ -38,6 +41,13 @@ def _pg_bindir() -> Path | None:
     return None
 
 
+def _unavailable(reason: str) -> None:
+    """Skip with the reason, or fail where the run requires PostgreSQL (QUALITUNE_REQUIRE_POSTGRES=1)."""
+    if os.environ.get("QUALITUNE_REQUIRE_POSTGRES") == "1":
+        pytest.fail(f"{reason} (QUALITUNE_REQUIRE_POSTGRES=1: this run must test PostgreSQL, not skip it)")
+    pytest.skip(reason)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,8 +59,9 @@ def postgres_url():
     """A fresh PostgreSQL cluster on 127.0.0.1 with an empty database `optuna`; yields its URL."""
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
-    pytest.importorskip("psycopg", reason="the psycopg driver is missing: pip install -e '.[dev]'")
+        _unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    if importlib.util.find_spec("psycopg") is None:
+        _unavailable("the psycopg driver is missing: pip install -e '.[dev]'")
     run_as: dict = {}
     if os.geteuid() == 0:  # postgres refuses to run as root: use the postgres system user
         import pwd
@@ -58,7 +69,7 @@ def postgres_url():
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
+            _unavailable("running as root and there is no `postgres` user to run the server as")
         run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     root = Path(
         tempfile.mkdtemp(prefix="qualitune-pg-")
@@ -114,3 +125,14 @@ def test_two_workers_share_one_postgresql_study(postgres_url, tmp_path):
     assert tuned["train"]["lr"] == pytest.approx(best.params["lr"])
     assert tuned["train"]["label_range"] == parse_range_key(best.params["label_range"])
     assert not (project / "optuna.db").exists()  # nothing fell back to the default sqlite storage
+
+
+def test_a_run_that_requires_postgresql_fails_where_it_would_skip(monkeypatch):
+    """`make test` sets QUALITUNE_REQUIRE_POSTGRES=1 where the server is installed: a missing piece must
+    then fail the run (so a green CI means the shared-storage test ran), and skip elsewhere."""
+    monkeypatch.setenv("QUALITUNE_REQUIRE_POSTGRES", "1")
+    with pytest.raises(pytest.fail.Exception, match="must test PostgreSQL, not skip it"):
+        _unavailable("initdb not found")
+    monkeypatch.delenv("QUALITUNE_REQUIRE_POSTGRES")
+    with pytest.raises(pytest.skip.Exception, match="initdb not found"):
+        _unavailable("initdb not found")
