@@ -150,3 +150,23 @@ def test_every_params_section_has_a_typed_reader_whose_defaults_are_params_yaml(
         assert cls.from_params(PARAMS) == cls.from_params({}), cls.__name__
     typed = {c.SECTION for c in SECTIONS} | {"demo", "mlflow", "train", "register", "tune", "serve"}
     assert set(PARAMS) == typed
+
+
+def test_value_reads_one_key_typed_with_its_default_and_nothing_else():
+    """`Section.value`: a stage's read of one key of another stage's section (tests/test_dvc_params.py
+    holds the stages to it). Absent key or section -> the field default; a wrong type is named."""
+    from qualitune.sections import IngestSettings, ModelSettings, TrainStageSettings
+
+    assert IngestSettings.value({}, "out") == IngestSettings().out
+    assert (
+        IngestSettings.value({"ingest": {"out": "data/m.parquet", "seed": "not read"}}, "out")
+        == "data/m.parquet"
+    )
+    assert TrainStageSettings.value({"train": {"lr": 1.0}}, "pretrain") == TrainStageSettings().pretrain
+    assert ModelSettings.value({"model": {"feature_cache": None}}, "feature_cache") is None
+    with pytest.raises(QualituneError, match=r"ingest\.out must be"):
+        IngestSettings.value({"ingest": {"out": 3}}, "out")
+    with pytest.raises(QualituneError, match="params ingest must be a mapping"):
+        IngestSettings.value({"ingest": ["out"]}, "out")
+    with pytest.raises(KeyError, match="no key 'outt'"):
+        IngestSettings.value({}, "outt")

@@ -119,7 +119,7 @@ class RegisterSettings:
         for key in ("min_final", "margin"):
             if isinstance(kwargs.get(key), int) and not isinstance(kwargs[key], bool):
                 kwargs[key] = float(kwargs[key])
-        store = ModelSettings.from_params(params).feature_cache
+        store = ModelSettings.value(params, "feature_cache")
         return cls(model_name=name, feature_store=store, **kwargs)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from qualitune.errors import QualituneError
@@ -33,6 +33,25 @@ class Section:
     @classmethod
     def from_params(cls: type[S], params: Mapping[str, Any]) -> S:
         return build(cls, params.get(cls.SECTION), cls.SECTION)
+
+    @classmethod
+    def value(cls, params: Mapping[str, Any], key: str) -> Any:
+        """One key of the section, type-checked (its default when absent), reading nothing else of it.
+
+        For a stage that needs one key of another stage's section (mostly its `out`): the stage then
+        depends on that key alone, which is what its `dvc.yaml` params list says, so editing the other
+        stage's settings does not rerun it (tests/test_dvc_params.py records and compares the reads).
+        Checking the whole section is its own stage's job (`from_params`)."""
+        known = {f.name: f for f in fields(cls) if f.init}
+        if key not in known:
+            raise KeyError(f"{cls.__name__} has no key {key!r}; keys: {sorted(known)}")
+        raw = params.get(cls.SECTION)
+        if raw is None or (isinstance(raw, Mapping) and key not in raw):
+            f = known[key]
+            return f.default_factory() if f.default is MISSING else f.default
+        if not isinstance(raw, Mapping):
+            raise QualituneError(f"params {cls.SECTION} must be a mapping, got {type(raw).__name__}")
+        return _coerce(f"{cls.SECTION}.{key}", raw[key], get_type_hints(cls)[key])
 
 
 def build(cls: type[S], raw: Any, where: str) -> S:
@@ -384,8 +403,8 @@ class TrainStageSettings(Section):
         raw = params.get(cls.SECTION) or {}
         if not isinstance(raw, Mapping):
             raise QualituneError(f"params train must be a mapping, got {type(raw).__name__}")
-        names = {f.name for f in fields(cls)}
-        return build(cls, {k: v for k, v in raw.items() if k in names}, cls.SECTION)
+        names = [f.name for f in fields(cls)]  # only these keys are read: the loop's are TrainSection's
+        return build(cls, {k: raw[k] for k in names if k in raw}, cls.SECTION)
 
 
 STAGE_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainStageSettings))

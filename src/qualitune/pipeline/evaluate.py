@@ -37,11 +37,10 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
     from qualitune.tracking import log_artifacts, log_metrics, start_run, tracking_settings
 
     cfg = EvaluateSettings.from_params(params)
-    pmod = PmodSettings.from_params(params)
-    ref = scorer_ref or TrainStageSettings.from_params(params).out
-    data = cfg.data or pmod.out
+    ref = scorer_ref or TrainStageSettings.value(params, "out")
+    data = cfg.data or PmodSettings.value(params, "out")
     df = read_manifest(data)
-    scorer = Scorer.load(ref, feature_store=ModelSettings.from_params(params).feature_cache)
+    scorer = Scorer.load(ref, feature_store=ModelSettings.value(params, "feature_cache"))
     modes, batch, seed = list(cfg.modes), cfg.batch_size, cfg.seed
     out_paths = {k: Path(getattr(cfg, k)) for k in ("metrics", "predictions", "scatter")}
     for p in out_paths.values():
@@ -120,7 +119,12 @@ def evaluate_scorer(params: dict[str, Any], *, scorer_ref: str | None = None) ->
         for path in (*out_paths.values(), lens_cfg.table, att_cfg.table):
             log_artifacts(path, "evaluate")
         # the pictures, together on the run page: this run's and the PMOD stage's calibration curves
-        for path in (cfg.scatter_plot, lens_cfg.heatmap, att_cfg.plot, pmod.calibration_png):
+        for path in (
+            cfg.scatter_plot,
+            lens_cfg.heatmap,
+            att_cfg.plot,
+            PmodSettings.value(params, "calibration_png"),
+        ):
             if path and Path(path).is_file():
                 log_artifacts(path, "plots")
     log.debug("instability: %s", metrics["instability"])

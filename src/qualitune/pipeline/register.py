@@ -26,9 +26,8 @@ def register_scorer(
 
     settings = RegisterSettings.from_params(params)
     tracking = tracking_settings(params)
-    stage = TrainStageSettings.from_params(params)
-    scorer_dir = Path(scorer_dir or stage.out)
-    data = data or stage.data or PmodSettings.from_params(params).out
+    scorer_dir = Path(scorer_dir or TrainStageSettings.value(params, "out"))
+    data = data or TrainStageSettings.value(params, "data") or PmodSettings.value(params, "out")
     df = read_manifest(data)
     val_df = df[df["split"] == "val"].reset_index(drop=True)
     if len(val_df) == 0:

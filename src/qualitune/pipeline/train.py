@@ -72,7 +72,7 @@ def train_scorer(
     mcfg = dataclasses.asdict(model_cfg)
     train_cfg = TrainSection.from_params(params)  # again: the overlay may change the recipe
     stage, settings, pretrain = train_cfg.stage, train_cfg.loop, train_cfg.pretrain
-    data = data or stage.data or PmodSettings.from_params(params).out
+    data = data or stage.data or PmodSettings.value(params, "out")
     df = read_manifest(data)
     train_df = df[df["split"] == "train"]
     val_df = df[df["split"] == "val"]

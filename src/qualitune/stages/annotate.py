@@ -18,7 +18,7 @@ def run_stage(params: dict) -> int:
     from qualitune.manifest import read_manifest
 
     s = AnnotateSettings.from_params(params)
-    df = read_manifest(ValidateSettings.from_params(params).out)
+    df = read_manifest(ValidateSettings.value(params, "out"))
     paths = df["path"].astype(str).tolist()
     kw = {"n_frames": s.n_frames, "workers": s.workers or None, "cache_dir": s.cache_dir}
     table = annotate_paths(paths, list(s.annotators), **kw)

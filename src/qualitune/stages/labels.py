@@ -12,7 +12,7 @@ from qualitune.stages import stage_main
 
 def run_stage(params: dict) -> int:
     s = LabelsSettings.from_params(params)
-    src = ValidateSettings.from_params(params).out
+    src = ValidateSettings.value(params, "out")
     lo, hi = s.range
     df = add_labels(read_manifest(src), fmt=s.format, rng=LabelRange(lo, hi))
     write_manifest(df, s.out, manifest_metadata(src) | {"labels": {"format": s.format, "range": [lo, hi]}})

@@ -15,11 +15,12 @@ from qualitune.stages import stage_main
 def run_stage(params: dict) -> int:
     from qualitune.pmod import run_pmod
 
-    s, ann = PmodSettings.from_params(params), AnnotateSettings.from_params(params)
-    names = [n for n in ann.annotators if n not in set(s.exclude)]
+    s = PmodSettings.from_params(params)
+    annotators = AnnotateSettings.value(params, "annotators")
+    names = [n for n in annotators if n not in set(s.exclude)]
     run_pmod(
-        LabelsSettings.from_params(params).out,
-        ann.out,
+        LabelsSettings.value(params, "out"),
+        AnnotateSettings.value(params, "out"),
         names,
         out=s.out,
         calibration=s.calibration,

@@ -13,7 +13,7 @@ def run_stage(params: dict) -> int:
     s = ValidateSettings.from_params(params)
     try:
         outcome = run_validation(
-            IngestSettings.from_params(params).out,
+            IngestSettings.value(params, "out"),
             out=s.out,
             quarantine=s.quarantine,
             report=s.report,
