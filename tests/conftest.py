@@ -32,3 +32,18 @@ def flows(prefect_harness):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+POSTGRES_TEST = "tests/test_tune_postgres.py::test_two_workers_share_one_postgresql_study"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line in the log on whether the PostgreSQL shared-storage test ran (CI must show it did)."""
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if getattr(rep, "nodeid", "") == POSTGRES_TEST and rep.when in ("call", "setup"):
+                if outcome == "passed" and rep.when == "setup":
+                    continue  # the call's report says it
+                terminalreporter.write_line(
+                    f"PostgreSQL shared-storage test: {outcome} ({rep.duration:.1f} s)"
+                )
