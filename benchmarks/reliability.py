@@ -1060,8 +1060,8 @@ def serve_params(folder: Path, max_request_mb: float) -> Path:
 # Fault injection
 
 # The fault-injection tests (a full disk, MLflow failing mid-run, SIGKILL in `register` and of the
-# retraining flow, a refused data gate in the retraining flow, two `dvc repro` at once): run, not copied, and counted here. The
-# slow ones (MLflow mid-run, SIGKILL) run in the full run only.
+# retraining flow, a refused data gate in the retraining flow, two `dvc repro` at once): run, not
+# copied, and counted here. The slow ones (MLflow mid-run, SIGKILL) run in the full run only.
 FAULT_TESTS = (
     "tests/test_faults.py",
     "tests/test_retrain.py::test_new_data_failing_the_gate_trains_nothing_and_says_why",

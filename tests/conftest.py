@@ -41,9 +41,8 @@ def pytest_terminal_summary(terminalreporter):
     """One line in the log on whether the PostgreSQL shared-storage test ran (CI must show it did)."""
     for outcome in ("passed", "failed", "skipped", "error"):
         for rep in terminalreporter.stats.get(outcome, []):
-            if getattr(rep, "nodeid", "") == POSTGRES_TEST and rep.when in ("call", "setup"):
-                if outcome == "passed" and rep.when == "setup":
-                    continue  # the call's report says it
+            # a pass is the call's report; a skip (or a failed fixture) is the setup's
+            if getattr(rep, "nodeid", "") == POSTGRES_TEST and (rep.when == "call" or outcome != "passed"):
                 terminalreporter.write_line(
                     f"PostgreSQL shared-storage test: {outcome} ({rep.duration:.1f} s)"
                 )
