@@ -85,11 +85,14 @@ def footer(*sources: str, note: str = "") -> str:
 
 
 def results_table(m: dict[str, Any]) -> list[str]:
-    """Per split: the VLM in both scoring modes beside the two baselines (the evaluate stage's layout)."""
+    """Per split: the VLM in both scoring modes beside the baselines (the evaluate stage's layout);
+    the anchor probe's columns when the scorer has a quality anchor."""
+    anchored = all("anchor_probe" in m[split]["baselines"] for split in ("val", "test"))
     rows = []
     for split in ("val", "test"):
         s = m[split]
         e, g, b = s["expected"], s["greedy"], s["baselines"]
+        anchor = [num(b["anchor_probe"]["srcc"]), num(b["anchor_probe"]["plcc"])] if anchored else []
         rows.append(
             [
                 split,
@@ -97,6 +100,7 @@ def results_table(m: dict[str, Any]) -> list[str]:
                 f"**{num(e['srcc'])}**",
                 f"**{num(e['plcc'])}**",
                 num(g["srcc"]),
+                *anchor,
                 num(b["linear_probe"]["srcc"]),
                 num(b["linear_probe"]["plcc"]),
                 num(b["pmod_mean"]["srcc"]),
@@ -109,6 +113,7 @@ def results_table(m: dict[str, Any]) -> list[str]:
         "VLM `expected` SRCC",
         "VLM `expected` PLCC",
         "VLM `greedy` SRCC",
+        *(["anchor probe SRCC", "anchor probe PLCC"] if anchored else []),
         "linear probe SRCC",
         "linear probe PLCC",
         "PMOD mean SRCC",
@@ -126,7 +131,14 @@ def results_notes(m: dict[str, Any]) -> list[str]:
     return [
         f"Unparsed greedy answers: {unparsed}. Linear probe: ridge on the frozen encoder's pooled features "
         f"({count(lp['feature_dim'])} wide), fitted on {count(lp['n_train'])} train items, alpha "
-        f"{lp['alpha']:g} chosen on val. Instability ({count(inst['items'])} val items, "
+        f"{lp['alpha']:g} chosen on val."
+        + (
+            " Anchor probe: the ridge probe on the whole global feature vector that the VLM's quality "
+            "anchor token carries (part of its input; fitted on train, alpha chosen on val)."
+            if "anchor_probe" in m["test"]["baselines"]
+            else ""
+        )
+        + f" Instability ({count(inst['items'])} val items, "
         f"{inst['repeats']} sampled queries each): the integer changed on {share(inst['share_changed'])} "
         f"of them, the quality level on {share(inst['share_level_changed'])}.",
     ]
@@ -156,9 +168,60 @@ def demo_results(root: Path) -> list[str]:
         "",
         f"VLM minus PMOD mean (SRCC): val {signed(gap['pmod_mean'][0])}, test {signed(gap['pmod_mean'][1])}; "
         f"minus the linear probe: val {signed(gap['linear_probe'][0])}, test {signed(gap['linear_probe'][1])}. "
-        f"Training: {seconds(tr)}, {tr['train']['n_examples']['score']:,} train items.",
+        f"Training: {seconds(tr)}, {tr['train']['n_examples']['score']:,} train items."
+        + (
+            f" VLM minus its anchor probe (SRCC): val {signed(m['val']['expected']['srcc'] - m['val']['baselines']['anchor_probe']['srcc'])}, "
+            f"test {signed(m['test']['expected']['srcc'] - m['test']['baselines']['anchor_probe']['srcc'])}."
+            if "anchor_probe" in m["test"]["baselines"]
+            else ""
+        ),
         "",
         footer(src, train_src, note="one seed (0)"),
+    ]
+
+
+def demo_seeds(root: Path) -> list[str]:
+    src = "reports/seeds/summary.json"
+    s = load(root, src)
+    rows = []
+    for r in s["rows"]:
+        va, te = r["val"], r["test"]
+        rows.append(
+            [
+                str(r["seed"]),
+                num(va["srcc"]),
+                num(va["plcc"]),
+                num(te["srcc"]),
+                num(te["plcc"]),
+                f"{num(va['probe_srcc'])} / {num(te['probe_srcc'])}",
+                f"{num(va['pmod_mean_srcc'])} / {num(te['pmod_mean_srcc'])}",
+                f"{num(va.get('anchor_probe_srcc'))} / {num(te.get('anchor_probe_srcc'))}",
+            ]
+        )
+    header = [
+        "seed",
+        "val SRCC",
+        "val PLCC",
+        "test SRCC",
+        "test PLCC",
+        "linear probe SRCC val / test",
+        "PMOD mean SRCC val / test",
+        "anchor probe SRCC val / test",
+    ]
+    srcc = {k: [r[k]["srcc"] for r in s["rows"]] for k in ("val", "test")}
+    spread = (
+        f"Over the {len(s['rows'])} seeds: val SRCC {min(srcc['val']):.3f}-{max(srcc['val']):.3f}, "
+        f"test SRCC {min(srcc['test']):.3f}-{max(srcc['test']):.3f}."
+        if s["rows"]
+        else ""
+    )
+    extra = f" with {', '.join(f'`{x}`' for x in s['set'])}" if s.get("set") else ""
+    return [
+        *table(header, rows),
+        "",
+        spread,
+        "",
+        footer(src, note=f"the default recipe{extra}; one run per seed"),
     ]
 
 
@@ -309,6 +372,7 @@ def reliability(root: Path) -> list[str]:
     rel = "reports/reliability.json"
     r = load(root, rel)
     outcomes = ("scored", "reported", "crashed", "hung", "lost")
+
     def peak(c: dict) -> str:  # the CLI subprocesses' peak RSS against the bound the script checks
         if "peak_rss_mb" not in c:
             return "–"
@@ -367,6 +431,7 @@ def reliability(root: Path) -> list[str]:
 BLOCKS: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "demo-results": (demo_results, "make demo"),
     "real-results": (real_results, "make real-data"),
+    "demo-seeds": (demo_seeds, "python benchmarks/demo_seeds.py"),
     "pretrain-on-off": (pretrain_on_off, "make real-data SET=train.pretrain.enabled=false"),
     "ablation": (ablation, "python benchmarks/real_data_ablation.py"),
     "data-metrics": (data_metrics, "make demo"),

@@ -12,6 +12,9 @@ classic no-reference annotators already give (the PMOD mean, calibrated on the t
   dimensions of its global vector); a Qwen vision tower's are the mean of its output tokens.
   Videos: the mean over their sampled frames.
 - **PMOD mean**: the `pmod_mean` column the `pmod` stage wrote (on 1-5).
+- **Anchor probe** (compact scorers with a quality anchor, `qualitune.vlm.backends.compact.anchor`):
+  the ridge probe on the whole global feature vector that the scorer's anchor token carries. It is
+  part of the VLM's input, so the VLM's gain over it is what the decoder adds.
 """
 
 from __future__ import annotations
@@ -47,14 +50,19 @@ def _visual(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _image_features(model: torch.nn.Module, processor, images: list) -> np.ndarray:
-    """One pooled feature vector per PIL image."""
+def _image_features(
+    model: torch.nn.Module, processor, images: list, global_vector: bool = False
+) -> np.ndarray:
+    """One pooled feature vector per PIL image (the compact backend's whole global vector with
+    `global_vector`: what its quality anchor reads)."""
     if _is_compact(model):
         pixels = torch.from_numpy(processor(images)["pixel_values"])
         from qualitune.vlm.backends.compact.efficientnet import HEAD_CHANNELS
 
         glob, _ = _visual(model).features(pixels)
-        return glob[:, :HEAD_CHANNELS].float().numpy()  # the head's channel means
+        return glob.float().numpy() if global_vector else glob[:, :HEAD_CHANNELS].float().numpy()
+    if global_vector:
+        raise QualituneError("the global feature vector is the compact backend's")
     from qualitune.vlm.unwrap import unwrap_model
 
     inner = unwrap_model(model).model
@@ -79,6 +87,7 @@ def pooled_features(
     *,
     n_frames: int = 2,
     batch_size: int = 16,
+    global_vector: bool = False,
     on_progress=None,
 ) -> tuple[np.ndarray, list[str | None]]:
     """`(features, errors)`: a row per path (NaN where the file cannot be read) and the reason or None.
@@ -103,7 +112,7 @@ def pooled_features(
             frames += loaded
             owners += [start + i] * len(loaded)
         if frames:
-            feats = _image_features(model, processor, frames)
+            feats = _image_features(model, processor, frames, global_vector)
             owners_arr = np.asarray(owners)
             for idx in np.unique(owners_arr):
                 rows[idx] = feats[owners_arr == idx].mean(axis=0)
@@ -119,12 +128,15 @@ def pooled_features(
 
 @dataclass(frozen=True)
 class Probe:
-    """A fitted linear probe: predictions for every row, the chosen penalty and its val SRCC."""
+    """A fitted linear probe: predictions for every row, the chosen penalty and its val SRCC, and
+    the fit itself in the input features' space (`features @ coef + intercept`)."""
 
     predictions: np.ndarray
     alpha: float
     val_srcc: float
     n_train: int
+    coef: np.ndarray
+    intercept: float
 
 
 def linear_probe(features: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray) -> Probe:
@@ -155,7 +167,9 @@ def linear_probe(features: np.ndarray, y: np.ndarray, train: np.ndarray, val: np
     fit = best_fit
     pred = np.full(len(y), np.nan)
     pred[ok] = fit.predict(xs[ok])
-    return Probe(pred, best_alpha, best_rho, int(tr.sum()))
+    coef = fit.coef_ / scaler.scale_  # the standardisation folded into the weights
+    intercept = float(fit.intercept_ - np.dot(coef, scaler.mean_))
+    return Probe(pred, best_alpha, best_rho, int(tr.sum()), coef, intercept)
 
 
 def _pair(pred: np.ndarray, mos: np.ndarray) -> dict[str, float | int]:
@@ -164,10 +178,13 @@ def _pair(pred: np.ndarray, mos: np.ndarray) -> dict[str, float | int]:
 
 
 def baseline_metrics(
-    df: pd.DataFrame, probe: np.ndarray | None, splits: Sequence[str]
+    df: pd.DataFrame,
+    probe: np.ndarray | None,
+    splits: Sequence[str],
+    anchor: np.ndarray | None = None,
 ) -> dict[str, dict[str, dict[str, float | int]]]:
-    """`{split: {"linear_probe": {srcc, plcc, n}, "pmod_mean": {...}}}` over the rows of `df`
-    (`probe` aligned with them; None leaves the probe out)."""
+    """`{split: {"linear_probe": {srcc, plcc, n}, "pmod_mean": {...}[, "anchor_probe": {...}]}}` over
+    the rows of `df` (`probe` and `anchor` aligned with them; None leaves one out)."""
     out: dict[str, dict[str, dict[str, float | int]]] = {}
     mos = df["mos_norm"].to_numpy(dtype=float)
     split = df["split"].astype(str).to_numpy()
@@ -180,6 +197,8 @@ def baseline_metrics(
             block["linear_probe"] = _pair(probe[rows], mos[rows])
         if "pmod_mean" in df.columns:
             block["pmod_mean"] = _pair(df["pmod_mean"].to_numpy(dtype=float)[rows], mos[rows])
+        if anchor is not None:
+            block["anchor_probe"] = _pair(anchor[rows], mos[rows])
         out[s] = block
     return out
 
@@ -203,18 +222,33 @@ def probe_encoder(scorer) -> tuple[torch.nn.Module, object]:
 def evaluate_baselines(
     scorer, df: pd.DataFrame, splits: Sequence[str], *, batch_size: int = 16, on_progress=None
 ) -> tuple[dict, dict]:
-    """Both baselines for the `splits` of manifest `df` (train and val rows fit the probe):
+    """The baselines for the `splits` of manifest `df` (train and val rows fit the probe):
     `(metrics per split, probe info)`; the probe is left out, with the reason, when the manifest
-    has too few train/val items with features."""
+    has too few train/val items with features. A compact scorer with a quality anchor also gets
+    `anchor_probe`: the predictions of the probe its anchor token carries (fitted before training
+    on the whole global feature vector), so a run shows what the VLM adds to its own anchor."""
+    from qualitune.vlm.backends.compact.efficientnet import HEAD_CHANNELS
+
     model, processor = probe_encoder(scorer)
-    feats, errors = pooled_features(
-        model,
-        processor,
-        df["path"].astype(str).tolist(),
-        n_frames=scorer.spec.n_frames,
-        batch_size=batch_size,
-        on_progress=on_progress,
-    )
+    anchor = _visual(scorer.model).merger.anchor if _is_compact(scorer.model) else None
+    paths = df["path"].astype(str).tolist()
+
+    def features(m, proc, whole: bool, progress=None):
+        return pooled_features(
+            m, proc, paths, n_frames=scorer.spec.n_frames, batch_size=batch_size,
+            global_vector=whole, on_progress=progress,
+        )  # fmt: skip
+
+    whole = anchor is not None and model is scorer.model  # one pass serves both probes
+    feats, errors = features(model, processor, whole, on_progress)
+    anchor_pred = None
+    if anchor is not None:
+        g = feats if whole else features(scorer.model, scorer.image_processor, True)[0]
+        with torch.no_grad():
+            anchor_pred = anchor.probe_scores(torch.from_numpy(g)).double().numpy()
+        anchor_pred[~np.isfinite(g).all(axis=1)] = np.nan
+    if whole:
+        feats = feats[:, :HEAD_CHANNELS]  # the linear probe reads the head's channel means
     split = df["split"].astype(str).to_numpy()
     y = df["mos_norm"].to_numpy(dtype=float)
     info: dict = {"unreadable": int(sum(e is not None for e in errors)), "feature_dim": int(feats.shape[1])}
@@ -223,9 +257,9 @@ def evaluate_baselines(
     except ValueError as exc:
         log.warning("linear probe left out: %s", exc)
         info["skipped"] = str(exc)
-        return baseline_metrics(df, None, splits), info
+        return baseline_metrics(df, None, splits, anchor_pred), info
     info.update(alpha=probe.alpha, val_srcc_at_alpha=probe.val_srcc, n_train=probe.n_train)
-    return baseline_metrics(df, probe.predictions, splits), info
+    return baseline_metrics(df, probe.predictions, splits, anchor_pred), info
 
 
 __all__ = [

@@ -58,6 +58,9 @@ class ScorerSpec:
     # unparsed, not scored (qualitune.vlm.scoring); travels with the scorer, so the CLI, evaluate,
     # the registry gate and serving apply one rule. Scorers written before it existed get 0.5.
     max_invalid_mass: float = MAX_INVALID_MASS
+    # The compact backend's probe-anchored quality token: its number of anchor embeddings (0: none;
+    # scorers written before it existed have none). Loading adds it before the weights go in.
+    anchor_tokens: int = 0
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -98,12 +101,12 @@ def save_scorer(
 
     `extra_weights` are frozen weights that nevertheless differ from the base, e.g. a vision
     encoder transferred from another scorer (VITAL): without them, reloading would rebuild the
-    base's own encoder."""
+    base's own encoder. Fitted frozen weights (the compact anchor) are stored too."""
     import shutil
 
     from safetensors.torch import save_file
 
-    from qualitune.vlm.trainable import non_lora_trainable
+    from qualitune.vlm.trainable import fitted_weights, non_lora_trainable
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -111,7 +114,7 @@ def save_scorer(
     tmp.mkdir(parents=True)
     if hasattr(model, "peft_config"):
         model.save_pretrained(str(tmp / ADAPTER_DIR), safe_serialization=True)
-    weights = {**(extra_weights or {}), **non_lora_trainable(model)}
+    weights = {**(extra_weights or {}), **fitted_weights(model), **non_lora_trainable(model)}
     if weights:
         save_file(weights, str(tmp / WEIGHTS_FILE))
     spec.write(tmp)
@@ -144,6 +147,10 @@ def load_scored_model(
     if spec.trust_remote_code:
         raise QualituneError("this scorer asks for trust_remote_code; qualitune never enables it on its own")
     model, tokenizer = load_model(spec.base_model, dtype=dtype or spec.dtype, seed=spec.base_seed)
+    if spec.anchor_tokens:
+        from qualitune.vlm.backends.compact.anchor import add_anchor
+
+        add_anchor(model, spec.anchor_tokens)
     if (directory / ADAPTER_DIR).is_dir():
         from peft import PeftModel
 

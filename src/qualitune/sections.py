@@ -268,6 +268,7 @@ class ModelSettings(Section):
     init_vision_from: str | None = None
     transfer_projector: bool = False
     feature_cache: str | None = ".cache/features"
+    anchor: Literal["probe", "none"] = "probe"
 
     def __post_init__(self) -> None:
         if not 0 < self.min_pixels <= self.max_pixels:

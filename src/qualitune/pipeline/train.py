@@ -18,10 +18,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qualitune.errors import QualituneError
 from qualitune.jsonable import json_default, numeric_only
+
+if TYPE_CHECKING:
+    from qualitune.training.settings import TrainSettings
 
 log = logging.getLogger("qualitune.train")
 
@@ -61,7 +64,7 @@ def train_scorer(
     from qualitune.scorer import Scorer, ScorerSpec, load_scored_model, save_scorer
     from qualitune.sections import ModelSettings, PmodSettings
     from qualitune.tracking import MetricBuffer, log_artifacts, log_metrics, start_run, tracking_settings
-    from qualitune.training import TrainSettings, train
+    from qualitune.training import train
     from qualitune.training.settings import TrainSection
     from qualitune.vlm.feature_store import attach_feature_store
     from qualitune.vlm.model import load_model, make_processor
@@ -90,6 +93,7 @@ def train_scorer(
         n = transfer_vision(source, model, include_projector=model_cfg.transfer_projector)
         log.info("vision encoder transferred from %s (%d tensors)", model_cfg.init_vision_from, n)
         del source
+    anchor_tokens = _add_anchor(model, tokenizer, model_cfg, settings)  # before the processor: +1 token
     proc = make_processor(model, model_cfg.min_pixels, model_cfg.max_pixels)
     out_dir = Path(out_dir or stage.out)
     metrics_path = Path(metrics_path or stage.metrics)
@@ -121,6 +125,7 @@ def train_scorer(
         n_frames=model_cfg.n_frames,
         two_stage=settings.method == "two_stage",
         max_invalid_mass=stage.max_invalid_mass,
+        anchor_tokens=anchor_tokens,
         recipe={
             "method": settings.method,
             "tuning": settings.tuning,
@@ -155,6 +160,9 @@ def train_scorer(
         nested=nested,
     ):
         t0 = time.perf_counter()
+        anchor_fit = None
+        if anchor_tokens:  # the probe the anchor token carries, fitted once before any phase
+            anchor_fit = _fit_anchor(model, proc, tokenizer, train_df, val_df, settings, model_cfg.n_frames)
         step_log = MetricBuffer(every=50)
         # where features are stored changes no result: it stays out of the resume fingerprint
         fingerprint_extra = {
@@ -224,6 +232,7 @@ def train_scorer(
                 "seconds": round(pre_result.seconds, 2),
             },
             "val_seconds": round(val_seconds, 2),
+            "anchor": anchor_fit,
         }
         spec.metrics = {"val": val_metrics}
         transferred = vision_weights(result.model) if model_cfg.init_vision_from else None
@@ -261,6 +270,47 @@ def train_scorer(
             if done is not None and done.checkpoint_dir is not None:
                 shutil.rmtree(done.checkpoint_dir, ignore_errors=True)
     return metrics
+
+
+def _add_anchor(model, tokenizer, model_cfg, settings: TrainSettings) -> int:
+    """`model.anchor: probe` on the compact backend: add the quality anchor token (fitted later, by
+    `_fit_anchor`); returns its number of anchor embeddings, 0 without one."""
+    from qualitune.vlm.backends.compact import is_compact
+    from qualitune.vlm.backends.compact.anchor import add_anchor, anchor_vocabulary
+
+    if model_cfg.anchor == "none":
+        return 0
+    if not is_compact(model):
+        log.info(
+            "model.anchor: probe belongs to the compact backend; %s trains without it", model_cfg.name_or_path
+        )
+        return 0
+    ids, _, _ = anchor_vocabulary(tokenizer, settings.fmt)
+    add_anchor(model, len(ids))
+    return len(ids)
+
+
+def _fit_anchor(model, proc, tokenizer, train_df, val_df, settings: TrainSettings, n_frames: int) -> dict:
+    """Fit the anchor's probe on the rows the run trains on, its penalty on val (logged)."""
+    from qualitune.progress import Progress
+    from qualitune.training.schedule import training_rows
+    from qualitune.vlm.backends.compact.anchor import fit_anchor
+
+    rows = training_rows(train_df, settings)
+    progress = Progress(len(rows) + len(val_df), "anchor: encoder features", "files", logger=log)
+    fit = fit_anchor(
+        model, proc, tokenizer, rows, val_df, settings.fmt, n_frames=n_frames, on_progress=progress.report
+    )
+    progress.close()
+    log.info(
+        "anchor: ridge probe on %d train items (alpha %g; val SRCC %.3f), width %.2f, tokens %s",
+        fit["n_train"],
+        fit["alpha"],
+        fit["probe_val_srcc"],
+        fit["sigma"],
+        " ".join(repr(t) for t in fit["tokens"]),
+    )
+    return fit
 
 
 class TrackingFailed(QualituneError):

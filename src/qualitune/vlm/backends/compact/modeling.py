@@ -71,6 +71,9 @@ class Projector(nn.Module):
         self.global_gain = nn.Parameter(torch.ones(global_dim))
         self.grid_shift = nn.Parameter(torch.zeros(grid_dim))
         self.grid_gain = nn.Parameter(torch.ones(grid_dim))
+        # The probe-anchored quality token (`qualitune.vlm.backends.compact.anchor`), added by the
+        # train stage (`model.anchor: probe`) or by loading a scorer that has one; None: 1 + G*G tokens.
+        self.anchor: nn.Module | None = None
 
     @torch.no_grad()
     def standardise(self, global_feats: torch.Tensor, grid_feats: torch.Tensor) -> None:
@@ -84,11 +87,14 @@ class Projector(nn.Module):
             gain.copy_(1.0 / feats.std(0).clamp(min=1e-4))
 
     def forward(self, global_feats: torch.Tensor, grid_feats: torch.Tensor) -> torch.Tensor:
+        parts = []
+        if self.anchor is not None:  # last, right before <|vision_end|>: it reads the raw features
+            parts.append(self.anchor(global_feats).unsqueeze(1))
         global_feats = (global_feats - self.global_shift) * self.global_gain
         grid_feats = (grid_feats - self.grid_shift) * self.grid_gain
         g = self.global_mlp(global_feats).unsqueeze(1)  # (N, 1, out)
         m = self.grid_mlp(grid_feats) + self.grid_pos  # (N, G*G, out)
-        tokens = torch.cat([g, m], dim=1)
+        tokens = torch.cat([g, m, *parts], dim=1)
         tokens = tokens * torch.rsqrt(tokens.pow(2).mean(-1, keepdim=True) + 1e-6)
         return tokens * self.scale
 
